@@ -1,0 +1,1 @@
+"""A resilient LLM failover router (public API assembled in a later step)."""

@@ -1,0 +1,402 @@
+"""YAML (or a dict) -> a validated, typed `RouterConfig`.
+
+Every mistake is a `ConfigError` naming the file and the key path, never a KeyError
+from deep inside a call. The schema is the dataclasses below: their fields, types and
+`metadata` (minimum values, allowed choices) are what is checked, so the documentation
+of a key and its validation live in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .redact import Secret
+
+log = logging.getLogger("router")
+
+
+def _at_least(n: float) -> dict[str, Any]:
+    return {"min": n}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one target is retried: full-jitter backoff, Retry-After bounded."""
+
+    attempts: int = field(default=3, metadata=_at_least(1))  # tries of one target, first included
+    min_wait: float = 0.5  # first backoff window; it doubles up to max_wait
+    max_wait: float = 8.0
+    max_retry_after: float = 20.0  # a longer Retry-After fails over instead of waiting
+    retry_on_timeout: bool = False
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When one target's circuit opens, and how it closes again."""
+
+    fail_max: int = field(default=5, metadata=_at_least(1))
+    reset_timeout: float = 60.0
+    success_threshold: int = field(default=1, metadata=_at_least(1))
+    half_open_max_calls: int = field(default=1, metadata=_at_least(1))
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local tier (`provider: llama_cpp`): a GGUF model in process on the CPU."""
+
+    model_path: str
+    n_ctx: int = field(default=2048, metadata=_at_least(16))
+    n_threads: int | None = field(default=None, metadata=_at_least(1))
+    chat_format: str | None = None  # None: the template stored in the GGUF
+    max_tokens: int = field(default=512, metadata=_at_least(1))  # cap on any request's max_tokens
+    preload: bool = False
+    pool_size: int = field(default=1, metadata=_at_least(1))
+    max_queue: int = field(default=16, metadata=_at_least(0))
+    context_policy: str = field(default="truncate", metadata={"choices": ("truncate", "reject")})
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One provider + model: what is called, and how it is protected."""
+
+    name: str
+    provider: str  # "litellm" (any remote provider) or "llama_cpp"
+    model: str | None
+    timeout: float
+    retry: RetryPolicy
+    breaker: BreakerPolicy
+    api_key: Secret | None = None
+    api_base: str | None = None
+    degraded: bool = False
+    context_window: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)  # passed to every call
+    local: LocalOptions | None = None
+    disabled: str | None = None  # why this target is out of every chain
+
+    @property
+    def is_remote(self) -> bool:
+        return self.provider != "llama_cpp"
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    name: str
+    targets: tuple[str, ...]
+    static_reply: str | None = None  # answered as served_by "static" when every target fails
+    on_content_policy: str = "propagate"  # or "fail_over"
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    backend: str = field(default="memory", metadata={"choices": ("memory", "redis")})
+    url: str | None = None
+    namespace: str = "router"
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    targets: Mapping[str, TargetConfig]
+    chains: Mapping[str, ChainConfig]
+    deadline: float = 90.0
+    state: StateConfig = StateConfig()
+    offline: bool = False
+    source: str = "<dict>"
+
+
+PROVIDERS = ("litellm", "llama_cpp")
+_TOP_KEYS = ("defaults", "targets", "chains", "state", "offline")
+_DEFAULT_KEYS = ("timeout", "deadline", "retry", "breaker", "params")
+_TARGET_KEYS = ("provider", "model", "api_key", "api_base", "timeout", "retry", "breaker",
+                "degraded", "context_window", "params")
+_CHAIN_KEYS = ("targets", "static_reply", "on_content_policy")
+_ENV = re.compile(r"\$\{([^}]*)\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def load_config(path: str | os.PathLike[str]) -> RouterConfig:
+    """Read and validate a YAML config file (with `yaml.safe_load` only)."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=file) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML{where}: {problem}", file=file) from None
+    return config_from_dict(data, source=file, base_dir=Path(path).resolve().parent)
+
+
+def config_from_dict(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> RouterConfig:
+    """Validate an already-parsed config; `source` names it in errors."""
+    return _Loader(source, base_dir or Path.cwd()).load(data)
+
+
+class _Loader:
+    def __init__(self, file: str, base_dir: Path) -> None:
+        self.file = file
+        self.base_dir = base_dir
+
+    def error(self, path: str, message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key_path=path)
+
+    def load(self, data: Any) -> RouterConfig:
+        if data is None:
+            raise self.error("", "the file is empty; expected a mapping with 'targets' and 'chains'")
+        top = self.mapping(data, "", _TOP_KEYS)
+        for key in ("targets", "chains"):
+            if key not in top:
+                raise self.error(key, "missing; every config needs 'targets' and 'chains'")
+        offline = self.value(top.get("offline", False), "offline", bool)
+        offline = offline or os.environ.get("ROUTER_OFFLINE", "").lower() in ("1", "true", "yes")
+
+        defaults = self.mapping(self.resolved(top.get("defaults", {}), "defaults"), "defaults", _DEFAULT_KEYS)
+        timeout = self.number(defaults.get("timeout", 30.0), "defaults.timeout", positive=True)
+        deadline = self.number(defaults.get("deadline", 90.0), "defaults.deadline", positive=True)
+        retry = self.build(RetryPolicy, defaults.get("retry", {}), "defaults.retry", RetryPolicy())
+        breaker = self.build(BreakerPolicy, defaults.get("breaker", {}), "defaults.breaker", BreakerPolicy())
+        params = self.mapping(defaults.get("params", {}), "defaults.params")
+        base = TargetConfig(name="", provider="litellm", model=None, timeout=timeout, retry=retry,
+                            breaker=breaker, params=params)
+
+        targets_raw = self.mapping(top["targets"], "targets")
+        if not targets_raw:
+            raise self.error("targets", "no targets defined")
+        targets = {str(name): self.target(str(name), raw, base) for name, raw in targets_raw.items()}
+
+        chains_raw = self.mapping(self.resolved(top["chains"], "chains"), "chains")
+        if not chains_raw:
+            raise self.error("chains", "no chains defined")
+        chains = {str(name): self.chain(str(name), raw, targets) for name, raw in chains_raw.items()}
+
+        state = self.build(StateConfig, self.resolved(top.get("state", {}), "state"), "state", StateConfig())
+        self.check_state(state)
+        return RouterConfig(targets=targets, chains=chains, deadline=deadline, state=state,
+                            offline=offline, source=self.file)
+
+    # -- sections ---------------------------------------------------------------------
+
+    def target(self, name: str, raw: Any, base: TargetConfig) -> TargetConfig:
+        path = f"targets.{name}"
+        missing_env: list[str] = []
+        raw = _interpolate(raw, path, self, missing_env)
+        provider = raw.get("provider", "litellm") if isinstance(raw, Mapping) else "litellm"
+        if provider not in PROVIDERS:
+            raise self.error(f"{path}.provider", f"expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+        local_keys = tuple(f.name for f in fields(LocalOptions)) if provider == "llama_cpp" else ()
+        data = self.mapping(raw, path, _TARGET_KEYS + local_keys)
+
+        model = data.get("model")
+        if model is not None:
+            model = self.value(model, f"{path}.model", str)
+        if provider == "litellm" and not model:
+            raise self.error(f"{path}.model", "missing; a remote target needs a litellm model string "
+                                              "such as openai/gpt-4o-mini")
+        api_key = data.get("api_key")
+        if api_key is not None:
+            api_key = Secret(self.value(api_key, f"{path}.api_key", str))
+        local = None
+        if provider == "llama_cpp":
+            local_raw = {k: v for k, v in data.items() if k in local_keys}
+            if "model_path" not in local_raw:
+                raise self.error(f"{path}.model_path", "missing; a llama_cpp target needs the path of a GGUF file")
+            local = self.build(LocalOptions, local_raw, path)
+            model_path = Path(os.path.expanduser(local.model_path))
+            local = replace(local, model_path=str(model_path if model_path.is_absolute()
+                                                  else self.base_dir / model_path))
+            model = model or Path(local.model_path).stem
+        disabled = None
+        if missing_env:
+            disabled = f"environment variable {missing_env[0]} is not set"
+        elif api_key is not None and not api_key.reveal():
+            disabled = "api_key is empty"
+        if disabled:
+            log.warning("router: target %r disabled: %s (%s)", name, disabled, self.file)
+        context_window = data.get("context_window")
+        if context_window is not None:
+            context_window = self.number(context_window, f"{path}.context_window", integer=True, minimum=1)
+        elif local is not None:
+            context_window = local.n_ctx
+        return replace(
+            base,
+            name=name,
+            provider=provider,
+            model=model,
+            api_key=api_key,
+            api_base=self.value(data["api_base"], f"{path}.api_base", str) if "api_base" in data else None,
+            timeout=self.number(data.get("timeout", base.timeout), f"{path}.timeout", positive=True),
+            retry=self.build(RetryPolicy, data.get("retry", {}), f"{path}.retry", base.retry),
+            breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
+            degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
+            context_window=context_window,
+            params={**base.params, **self.mapping(data.get("params", {}), f"{path}.params")},
+            local=local,
+            disabled=disabled,
+        )
+
+    def chain(self, name: str, raw: Any, targets: Mapping[str, TargetConfig]) -> ChainConfig:
+        path = f"chains.{name}"
+        data = {"targets": raw} if isinstance(raw, list) else self.mapping(raw, path, _CHAIN_KEYS)
+        members = data.get("targets")
+        members_path = f"{path}.targets" if not isinstance(raw, list) else path
+        if not isinstance(members, list):
+            raise self.error(members_path, f"expected a list of target names, got {_kind(members)}")
+        if not members:
+            raise self.error(members_path, "the chain is empty; list at least one target")
+        for i, member in enumerate(members):
+            if not isinstance(member, str):
+                raise self.error(f"{members_path}[{i}]", f"expected a target name, got {_kind(member)}")
+            if member not in targets:
+                raise self.error(f"{members_path}[{i}]", f"unknown target {member!r}; "
+                                                         f"defined targets: {', '.join(targets)}")
+            if members.index(member) != i:
+                raise self.error(f"{members_path}[{i}]", f"target {member!r} is listed twice")
+        static = data.get("static_reply")
+        if static is not None:
+            static = self.value(static, f"{path}.static_reply", str)
+        policy = self.value(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy", str)
+        if policy not in ("propagate", "fail_over"):
+            raise self.error(f"{path}.on_content_policy", f"expected propagate or fail_over, got {policy!r}")
+        return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy)
+
+    def check_state(self, state: StateConfig) -> None:
+        if state.backend == "redis":
+            if not state.url:
+                raise self.error("state.url", "missing; the redis backend needs url: redis://host:port/db")
+            if not re.match(r"(rediss?|unix)://", state.url):
+                raise self.error("state.url", "expected a redis://, rediss:// or unix:// URL")
+        elif state.url:
+            raise self.error("state.url", "only the redis backend takes a url")
+
+    # -- values -----------------------------------------------------------------------
+
+    def resolved(self, raw: Any, path: str) -> Any:
+        """Interpolate env vars where an unset one is an error, not a disabled target."""
+        missing: list[str] = []
+        value = _interpolate(raw, path, self, missing)
+        if missing:
+            raise self.error(path, f"environment variable {missing[0]} is not set")
+        return value
+
+    def mapping(self, raw: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
+        if not isinstance(raw, Mapping):
+            raise self.error(path, f"expected a mapping, got {_kind(raw)}")
+        if allowed is not None:
+            for key in raw:
+                if key not in allowed:
+                    where = f"{path}.{key}" if path else str(key)
+                    raise self.error(where, f"unknown key; expected one of: {', '.join(allowed)}")
+        return dict(raw)
+
+    def value(self, raw: Any, path: str, kind: type) -> Any:
+        if kind is bool and not isinstance(raw, bool):
+            raise self.error(path, f"expected true or false, got {_kind(raw)}")
+        if kind is str and not isinstance(raw, str):
+            raise self.error(path, f"expected a string, got {_kind(raw)}")
+        return raw
+
+    def number(self, raw: Any, path: str, *, integer: bool = False, minimum: float = 0.0,
+               positive: bool = False) -> Any:
+        ok = isinstance(raw, int) if integer else isinstance(raw, (int, float))
+        if isinstance(raw, bool) or not ok or (isinstance(raw, float) and not math.isfinite(raw)):
+            raise self.error(path, f"expected {'a whole number' if integer else 'a number'}, got {_kind(raw)}")
+        if positive and raw <= 0:
+            raise self.error(path, f"expected a number > 0, got {raw}")
+        if raw < minimum:
+            raise self.error(path, f"expected a number >= {minimum:g}, got {raw}")
+        return raw
+
+    def build(self, cls: type, raw: Any, path: str, base: Any = None) -> Any:
+        """Validate `raw` against dataclass `cls` and lay it over `base`."""
+        hints = typing.get_type_hints(cls)
+        known = {f.name: f for f in fields(cls)}
+        data = self.mapping(raw, path, tuple(known))
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            values[key] = self.field_value(value, f"{path}.{key}", hints[key], known[key].metadata)
+        if base is None:
+            for name, f in known.items():
+                if name not in values and f.default is MISSING and f.default_factory is MISSING:
+                    raise self.error(f"{path}.{name}", "missing")
+            result = cls(**values)
+        else:
+            result = replace(base, **values)
+        if isinstance(result, RetryPolicy) and result.min_wait > result.max_wait:
+            raise self.error(f"{path}.min_wait", f"min_wait ({result.min_wait}) exceeds max_wait "
+                                                 f"({result.max_wait})")
+        return result
+
+    def field_value(self, raw: Any, path: str, hint: Any, metadata: Mapping[str, Any]) -> Any:
+        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+        if optional:
+            if raw is None:
+                return None
+            hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if hint in (int, float):
+            return self.number(raw, path, integer=hint is int, minimum=metadata.get("min", 0.0))
+        value = self.value(raw, path, hint)
+        choices = metadata.get("choices")
+        if choices and value not in choices:
+            raise self.error(path, f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+
+def _interpolate(raw: Any, path: str, loader: _Loader, missing: list[str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; note unset variables."""
+    if isinstance(raw, str):
+        if "${" not in raw:
+            return raw
+        if raw.count("${") != len(_ENV.findall(raw)):
+            raise loader.error(path, "unterminated ${...}; write ${NAME} or ${NAME:-default}")
+
+        def substitute(match: re.Match[str]) -> str:
+            name, sep, default = match.group(1).partition(":-")
+            if not _ENV_NAME.match(name):
+                raise loader.error(path, f"bad environment variable name {name!r} in ${{...}}")
+            value = os.environ.get(name)
+            if value:
+                return value
+            if sep:
+                return default
+            missing.append(name)
+            return ""
+
+        return _ENV.sub(substitute, raw)
+    if isinstance(raw, Mapping):
+        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), loader, missing) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_interpolate(v, f"{path}[{i}]", loader, missing) for i, v in enumerate(raw)]
+    return raw
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return type(value).__name__

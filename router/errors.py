@@ -1,0 +1,99 @@
+"""The exceptions a caller of the router can see.
+
+Every error the router raises on its own account derives from `RouterError`.
+Provider errors are never swallowed: they stay reachable as `__cause__` and, for a
+failed call, in `AllTargetsFailed.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .response import Attempt, Route
+
+
+class RouterError(Exception):
+    """Base class of every error raised by the router itself."""
+
+
+class ConfigError(RouterError, ValueError):
+    """The configuration is unusable: names the file, the key path and what was expected."""
+
+    def __init__(self, message: str, *, file: str = "<dict>", key_path: str = "") -> None:
+        self.file = file
+        self.key_path = key_path
+        self.reason = message
+        where = f"{file}: {key_path}" if key_path else file
+        super().__init__(f"{where}: {message}")
+
+
+class InvalidRequest(RouterError, ValueError):
+    """The request itself is malformed; raised before any network call."""
+
+
+class AllTargetsFailed(RouterError):
+    """No target of the chain produced an answer.
+
+    `route.attempts` holds every attempt; `errors` maps each target that was tried to
+    the last exception it raised (the provider's own exception, not a wrapper).
+    """
+
+    def __init__(self, chain: str, route: Route, errors: dict[str, BaseException]) -> None:
+        self.chain = chain
+        self.route = route
+        self.errors = errors
+        super().__init__(_describe_failures(chain, route.attempts))
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        return self.route.attempts
+
+
+class ContentRejected(RouterError):
+    """A provider refused the request on content-policy grounds.
+
+    By default this is not failed over (another provider answering what one refused is
+    rarely what the application wants); `reason` is the provider's own message.
+    """
+
+    def __init__(self, target: str, reason: str, route: Route) -> None:
+        self.target = target
+        self.reason = reason
+        self.route = route
+        super().__init__(f"{target} refused the request on content policy: {reason}")
+
+
+class StreamInterrupted(RouterError):
+    """A stream broke after content reached the caller; `partial_text` is what was sent."""
+
+    def __init__(self, message: str, *, partial_text: str, route: Route | None = None) -> None:
+        self.partial_text = partial_text
+        self.route = route
+        super().__init__(message)
+
+
+def _describe_failures(chain: str, attempts: list[Attempt]) -> str:
+    """One clause per target: its last outcome, how many attempts, and the provider's words."""
+    last: dict[str, Attempt] = {}
+    counts: dict[str, int] = {}
+    for attempt in attempts:
+        last[attempt.target] = attempt
+        if attempt.error is not None or attempt.status is not None:
+            counts[attempt.target] = counts.get(attempt.target, 0) + 1
+    if not last:
+        return f"chain {chain!r} has no usable target"
+    clauses = []
+    for target, attempt in last.items():
+        what: list[Any] = [attempt.outcome]
+        if attempt.error:
+            what.append(attempt.error)
+        if attempt.status:
+            what.append(str(attempt.status))
+        if counts.get(target, 0) > 1:
+            what.append(f"{counts[target]} attempts")
+        clause = f"{target}: {' '.join(what)}"
+        if attempt.detail:
+            clause += f": {attempt.detail}"
+        clauses.append(clause)
+    return f"all targets of chain {chain!r} failed; " + "; ".join(clauses)

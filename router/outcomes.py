@@ -1,0 +1,208 @@
+"""Classify whatever a target raised into one row of the outcome table.
+
+This is the one place that decides what a 429, a reset or a 401 means. The rest of the
+router only asks the `Handling` of an `Outcome`: retry the same target? count it
+against the circuit? move on to the next target?
+
+Classification reads the exception chain (`__cause__`/`__context__`) and status codes by
+class *name*, so it works for litellm, the OpenAI SDK and httpx without importing any of
+them (importing litellm costs seconds; `import router` must stay fast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .ratelimit import retry_after_seconds
+
+
+class Outcome(str, Enum):
+    OK = "ok"
+    # what an attempt can end in
+    TRANSIENT = "transient"  # 5xx, 408, reset, malformed body
+    SILENT = "silent"  # no answer within the attempt's timeout
+    RATE_LIMITED = "rate_limited"  # 429
+    UNREACHABLE = "unreachable"  # DNS failure, connection refused
+    REJECTED = "rejected"  # 400, unsupported parameter
+    CONTEXT_TOO_LONG = "context_too_long"
+    CONTENT_POLICY = "content_policy"
+    MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
+    NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
+    CANCELLED = "cancelled"  # the caller gave up
+    # why a target was passed over without a request
+    CIRCUIT_OPEN = "circuit_open"
+    DISABLED = "disabled"
+    DEADLINE = "deadline"
+    TOO_SMALL = "too_small"  # a smaller context window than one that already overflowed
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True)
+class Handling:
+    retry: bool  # may the same target be tried again (subject to the retry policy)
+    counts: bool  # counts as a failure against the target's circuit
+    fail_over: bool  # may the next target of the chain be tried
+
+
+HANDLING: Mapping[Outcome, Handling] = {
+    Outcome.TRANSIENT: Handling(retry=True, counts=True, fail_over=True),
+    # A silent provider rarely answers a second time sooner: next target at once,
+    # unless the target sets retry_on_timeout.
+    Outcome.SILENT: Handling(retry=False, counts=True, fail_over=True),
+    # Retried only when Retry-After is short enough and fits the deadline (retry.py).
+    Outcome.RATE_LIMITED: Handling(retry=True, counts=True, fail_over=True),
+    Outcome.UNREACHABLE: Handling(retry=False, counts=True, fail_over=True),
+    Outcome.REJECTED: Handling(retry=False, counts=False, fail_over=True),
+    Outcome.CONTEXT_TOO_LONG: Handling(retry=False, counts=False, fail_over=True),
+    # Another provider answering what one refused is rarely wanted: configurable per chain.
+    Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
+    Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
+    Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
+    Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
+}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed attempt, classified."""
+
+    outcome: Outcome
+    error: BaseException
+    status: int | None = None
+    retry_after: float | None = None  # seconds the provider asked us to wait
+    message: str = ""
+
+    @property
+    def handling(self) -> Handling:
+        return HANDLING[self.outcome]
+
+
+class TargetFailure(Exception):
+    """Raised by our own targets (the local tier) for failures that are not exceptions of
+    a provider SDK: it says its outcome outright."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        self.outcome = outcome
+        super().__init__(message)
+
+
+_CANCELLATION = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+_TIMEOUT_NAMES = {"APITimeoutError", "TimeoutException", "TimeoutError", "timeout", "ReadTimeout",
+                  "ConnectTimeout", "WriteTimeout", "PoolTimeout", "Timeout"}
+_UNREACHABLE_NAMES = {"ConnectError", "ConnectionRefusedError", "gaierror", "herror",
+                      "NetworkUnreachable"}
+_RESET_NAMES = {"ConnectionResetError", "RemoteProtocolError", "ReadError", "WriteError",
+                "BrokenPipeError", "ConnectionAbortedError", "IncompleteRead"}
+_CONNECTION_WRAPPERS = {"APIConnectionError", "APITimeoutError", "Timeout"}
+_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
+                    "too many tokens", "prompt is too long")
+_POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map any exception raised by a target call to a `Failure`."""
+    message = _message_of(exc)
+    if isinstance(exc, _CANCELLATION):
+        return Failure(Outcome.CANCELLED, exc, message=message)
+    if isinstance(exc, TargetFailure):
+        return Failure(exc.outcome, exc, message=message)
+
+    chain = list(_chain(exc))
+    names = {cls.__name__ for link in chain for cls in type(link).__mro__}
+    # Network-level causes first: litellm gives connection errors a fake status 500.
+    if names & _UNREACHABLE_NAMES:
+        return Failure(Outcome.UNREACHABLE, exc, message=message)
+    if names & _TIMEOUT_NAMES and not _has_real_status(chain):
+        return Failure(Outcome.SILENT, exc, message=message)
+    if names & _RESET_NAMES:
+        return Failure(Outcome.TRANSIENT, exc, message=message)
+    if any(isinstance(link, json.JSONDecodeError) for link in chain):
+        return Failure(Outcome.TRANSIENT, exc, message=message)
+
+    status = _status_of(chain)
+    if status is None:
+        # A connection-level wrapper with no known cause: a refused or dropped connection.
+        if names & {"APIConnectionError"}:
+            return Failure(Outcome.UNREACHABLE if "refused" in message.lower() else Outcome.TRANSIENT,
+                           exc, message=message)
+        return Failure(Outcome.TRANSIENT, exc, message=message)
+    return Failure(_outcome_of_status(status, names, message), exc, status=status,
+                   retry_after=retry_after_seconds(_headers_of(chain)) if status == 429 else None,
+                   message=message)
+
+
+def _outcome_of_status(status: int, names: set[str], message: str) -> Outcome:
+    lowered = message.lower()
+    if status == 429:
+        return Outcome.RATE_LIMITED
+    if status in (401, 403, 404):
+        return Outcome.MISCONFIGURED
+    if "ContextWindowExceededError" in names or status == 413 or any(m in lowered for m in _CONTEXT_MARKERS):
+        return Outcome.CONTEXT_TOO_LONG
+    if "ContentPolicyViolationError" in names or any(m in lowered for m in _POLICY_MARKERS):
+        return Outcome.CONTENT_POLICY
+    if status in (408, 409, 425) or status >= 500:
+        return Outcome.TRANSIENT
+    if 400 <= status < 500:
+        return Outcome.REJECTED
+    return Outcome.TRANSIENT
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
+
+
+def _has_real_status(chain: list[BaseException]) -> bool:
+    """True when an HTTP response really arrived (a server-sent 408 is not a silence)."""
+    return any(_response_status(link) is not None for link in chain)
+
+
+def _response_status(link: BaseException) -> int | None:
+    response = getattr(link, "response", None)
+    status = getattr(response, "status_code", None)
+    request = getattr(response, "request", None)
+    # litellm invents responses for timeouts; a real one has a request with a URL attached
+    if isinstance(status, int) and request is not None and getattr(request, "url", None):
+        return status
+    return None
+
+
+def _status_of(chain: list[BaseException]) -> int | None:
+    for link in chain:
+        names = {cls.__name__ for cls in type(link).__mro__}
+        if names & _CONNECTION_WRAPPERS:
+            continue
+        status = getattr(link, "status_code", None)
+        if isinstance(status, int):
+            return status
+        status = _response_status(link)
+        if status is not None:
+            return status
+    return None
+
+
+def _headers_of(chain: list[BaseException]) -> Mapping[str, Any]:
+    for link in chain:
+        for headers in (getattr(link, "litellm_response_headers", None),
+                        getattr(getattr(link, "response", None), "headers", None),
+                        getattr(link, "headers", None)):
+            if headers:
+                return headers
+    return {}
+
+
+def _message_of(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str) or not message:
+        message = str(exc) or type(exc).__name__
+    return message.strip()

@@ -1,0 +1,130 @@
+"""What a call returns: an OpenAI-shaped response plus the route that produced it.
+
+Remote and local targets both answer with `Response`, so application code never
+branches on which tier served it. `raw` keeps the provider's own object for anything
+this shape leaves out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Attempt:
+    """One try of one target, or one target skipped without a try."""
+
+    target: str
+    outcome: str  # an `Outcome` value: "ok", "transient", "circuit_open", ...
+    error: str | None = None  # class name of the exception, if any
+    status: int | None = None  # HTTP status, if the provider sent one
+    latency_s: float = 0.0  # time spent in the attempt itself
+    waited_s: float = 0.0  # backoff slept before this attempt
+    detail: str | None = None  # the provider's message or the skip reason, secrets redacted
+
+
+@dataclass
+class Route:
+    """How a call was served: every attempt in order, and who answered."""
+
+    chain: str
+    attempts: list[Attempt] = field(default_factory=list)
+    served_by: str | None = None
+    degraded: bool = False
+    notes: list[str] = field(default_factory=list)  # e.g. "local: dropped 2 oldest messages"
+    latency_s: float = 0.0  # whole call
+
+
+@dataclass
+class Message:
+    role: str
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Choice:
+    index: int
+    message: Message
+    finish_reason: str | None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass
+class Response:
+    """An OpenAI-compatible chat completion, as answered by one target."""
+
+    id: str
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    created: int = field(default_factory=lambda: int(time.time()))
+    object: str = "chat.completion"
+    route: Route | None = None
+    raw: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def text(self) -> str:
+        """The first choice's content, or "" when it has none."""
+        return (self.choices[0].message.content or "") if self.choices else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data, route included, provider object left out."""
+        data = asdict(self)
+        data.pop("raw")
+        return data
+
+    @classmethod
+    def from_openai(cls, data: Any) -> Response:
+        """Build from an OpenAI-shaped dict or object (litellm's ModelResponse, llama.cpp's dict)."""
+        get = _getter(data)
+        choices = []
+        for index, choice in enumerate(get("choices") or ()):
+            cget = _getter(choice)
+            message = _getter(cget("message") or {})
+            tool_calls = message("tool_calls")
+            choices.append(
+                Choice(
+                    index=cget("index") if cget("index") is not None else index,
+                    message=Message(
+                        role=message("role") or "assistant",
+                        content=message("content"),
+                        tool_calls=[_plain(t) for t in tool_calls] if tool_calls else None,
+                    ),
+                    finish_reason=cget("finish_reason"),
+                )
+            )
+        usage = _getter(get("usage") or {})
+        return cls(
+            id=get("id") or "",
+            model=get("model") or "",
+            choices=choices,
+            usage=Usage(
+                prompt_tokens=usage("prompt_tokens") or 0,
+                completion_tokens=usage("completion_tokens") or 0,
+                total_tokens=usage("total_tokens") or 0,
+            ),
+            created=get("created") or int(time.time()),
+            raw=data,
+        )
+
+
+def _getter(obj: Any):
+    if isinstance(obj, dict):
+        return obj.get
+    return lambda name: getattr(obj, name, None)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return obj
+    dump = getattr(obj, "model_dump", None)
+    return dump() if dump else dict(vars(obj))

@@ -1,0 +1,50 @@
+"""Remote providers, all through litellm.
+
+litellm is imported on the first remote call, not with `router`: it takes seconds to
+import and, unless told otherwise, downloads a price list while doing so.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import TargetConfig
+from ..request import Request
+from ..response import Response
+from . import Note
+
+_litellm: Any = None
+
+
+def litellm_module() -> Any:
+    """Import litellm once, offline (its bundled price list instead of a download)."""
+    global _litellm
+    if _litellm is None:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        import litellm
+
+        _litellm = litellm
+    return _litellm
+
+
+class RemoteTarget:
+    """One provider + model reached with `litellm.completion`."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self.config = config
+        fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
+        if config.api_base:
+            fixed["api_base"] = config.api_base
+        if config.api_key is not None:
+            fixed["api_key"] = config.api_key.reveal()
+        self._fixed = fixed
+
+    def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        raw = litellm_module().completion(
+            messages=request.messages, timeout=timeout, **self.config.params, **request.params, **self._fixed
+        )
+        return Response.from_openai(raw)
+
+    def __repr__(self) -> str:
+        return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
