@@ -1,1 +1,33 @@
-"""A resilient LLM failover router (public API assembled in a later step)."""
+"""A resilient LLM failover router.
+
+    import router
+    r = router.Router.from_yaml("config.yaml")
+    resp = r.complete(messages=[{"role": "user", "content": "hi"}], max_tokens=64)
+    resp.choices[0].message.content, resp.route.served_by, resp.route.degraded
+
+Importing this package is fast and offline: litellm and llama.cpp load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+from .core import Router, default_router
+from .errors import AllTargetsFailed, ConfigError, InvalidRequest, StreamInterrupted
+from .response import Attempt, Response, Route
+
+__all__ = [
+    "Router", "Response", "Route", "Attempt", "complete", "status", "errors",
+    "ConfigError", "AllTargetsFailed", "InvalidRequest", "StreamInterrupted",
+]
+
+
+def complete(messages: list[dict[str, Any]], **kwargs: Any) -> Response:
+    """`Router.complete` on the default router (built from $ROUTER_CONFIG or ./config.yaml)."""
+    return default_router().complete(messages, **kwargs)
+
+
+def status() -> dict[str, dict[str, Any]]:
+    """`Router.status` of the default router."""
+    return default_router().status()

@@ -306,10 +306,11 @@ class _Loader:
         return dict(raw)
 
     def value(self, raw: Any, path: str, kind: type) -> Any:
+        shown = f"a {type(raw).__name__}" if path.endswith("api_key") else _kind(raw)  # never echo a key
         if kind is bool and not isinstance(raw, bool):
-            raise self.error(path, f"expected true or false, got {_kind(raw)}")
+            raise self.error(path, f"expected true or false, got {shown}")
         if kind is str and not isinstance(raw, str):
-            raise self.error(path, f"expected a string, got {_kind(raw)}")
+            raise self.error(path, f"expected a string, got {shown}")
         return raw
 
     def number(self, raw: Any, path: str, *, integer: bool = False, minimum: float = 0.0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -64,6 +65,8 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
+    # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
+    Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),
 }
 
 
@@ -99,6 +102,8 @@ _UNREACHABLE_NAMES = {"ConnectError", "ConnectionRefusedError", "gaierror", "her
 _RESET_NAMES = {"ConnectionResetError", "RemoteProtocolError", "ReadError", "WriteError",
                 "BrokenPipeError", "ConnectionAbortedError", "IncompleteRead"}
 _CONNECTION_WRAPPERS = {"APIConnectionError", "APITimeoutError", "Timeout"}
+_HTTP_STATUS_NAMES = {"HTTPStatusError", "APIStatusError"}
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+Exception - )?")
 _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
                     "too many tokens", "prompt is too long")
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
@@ -106,18 +111,18 @@ _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content
 
 def classify(exc: BaseException) -> Failure:
     """Map any exception raised by a target call to a `Failure`."""
-    message = _message_of(exc)
     if isinstance(exc, _CANCELLATION):
-        return Failure(Outcome.CANCELLED, exc, message=message)
+        return Failure(Outcome.CANCELLED, exc, message=_plain_message(exc))
     if isinstance(exc, TargetFailure):
-        return Failure(exc.outcome, exc, message=message)
+        return Failure(exc.outcome, exc, message=str(exc))
 
     chain = list(_chain(exc))
     names = {cls.__name__ for link in chain for cls in type(link).__mro__}
-    # Network-level causes first: litellm gives connection errors a fake status 500.
+    message = _provider_message(chain)
+    # Network-level causes first: litellm gives connection errors a made-up status 500.
     if names & _UNREACHABLE_NAMES:
         return Failure(Outcome.UNREACHABLE, exc, message=message)
-    if names & _TIMEOUT_NAMES and not _has_real_status(chain):
+    if names & _TIMEOUT_NAMES and not names & _HTTP_STATUS_NAMES:  # a server-sent 408 is no silence
         return Failure(Outcome.SILENT, exc, message=message)
     if names & _RESET_NAMES:
         return Failure(Outcome.TRANSIENT, exc, message=message)
@@ -126,10 +131,6 @@ def classify(exc: BaseException) -> Failure:
 
     status = _status_of(chain)
     if status is None:
-        # A connection-level wrapper with no known cause: a refused or dropped connection.
-        if names & {"APIConnectionError"}:
-            return Failure(Outcome.UNREACHABLE if "refused" in message.lower() else Outcome.TRANSIENT,
-                           exc, message=message)
         return Failure(Outcome.TRANSIENT, exc, message=message)
     return Failure(_outcome_of_status(status, names, message), exc, status=status,
                    retry_after=retry_after_seconds(_headers_of(chain)) if status == 429 else None,
@@ -162,32 +163,15 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or link.__context__
 
 
-def _has_real_status(chain: list[BaseException]) -> bool:
-    """True when an HTTP response really arrived (a server-sent 408 is not a silence)."""
-    return any(_response_status(link) is not None for link in chain)
-
-
-def _response_status(link: BaseException) -> int | None:
-    response = getattr(link, "response", None)
-    status = getattr(response, "status_code", None)
-    request = getattr(response, "request", None)
-    # litellm invents responses for timeouts; a real one has a request with a URL attached
-    if isinstance(status, int) and request is not None and getattr(request, "url", None):
-        return status
-    return None
-
-
 def _status_of(chain: list[BaseException]) -> int | None:
     for link in chain:
         names = {cls.__name__ for cls in type(link).__mro__}
         if names & _CONNECTION_WRAPPERS:
             continue
-        status = getattr(link, "status_code", None)
-        if isinstance(status, int):
-            return status
-        status = _response_status(link)
-        if status is not None:
-            return status
+        for status in (getattr(link, "status_code", None),
+                       getattr(getattr(link, "response", None), "status_code", None)):
+            if isinstance(status, int):
+                return status
     return None
 
 
@@ -201,7 +185,24 @@ def _headers_of(chain: list[BaseException]) -> Mapping[str, Any]:
     return {}
 
 
-def _message_of(exc: BaseException) -> str:
+def _provider_message(chain: list[BaseException]) -> str:
+    """The provider's own words: the error body's message when one arrived, else the
+    exception text without litellm's "litellm.XError: XError: OpenAIException - " prefix."""
+    for link in chain:
+        body = getattr(link, "body", None)
+        if isinstance(body, Mapping):
+            inner = body.get("error", body)
+            message = inner.get("message") if isinstance(inner, Mapping) else None
+            if isinstance(message, str) and message:
+                return message.strip()
+    message = _LITELLM_PREFIX.sub("", _plain_message(chain[0]))
+    root = chain[-1]
+    if isinstance(root, OSError) and root is not chain[0]:
+        message += f" ({type(root).__name__}: {root})"  # "Connection error." alone says too little
+    return message
+
+
+def _plain_message(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     if not isinstance(message, str) or not message:
         message = str(exc) or type(exc).__name__
