@@ -119,6 +119,10 @@ class Circuit:
         with self._lock:
             self._breaker.close()
 
+    def is_open(self) -> bool:
+        """True while the circuit refuses every call (cheap: read before each retry)."""
+        return self._storage.state == pybreaker.STATE_OPEN and self._open_remaining() > 0
+
     @property
     def state(self) -> str:
         with self._lock:

@@ -192,7 +192,8 @@ class Router:
             nonlocal waited
             waited = retry_state.upcoming_sleep
 
-        loop = retrying(config.retry, deadline, sleep=self._sleep, before_sleep=before_sleep)
+        loop = retrying(config.retry, deadline, refused=circuit.is_open, sleep=self._sleep,
+                        before_sleep=before_sleep)
         return loop(attempt)
 
     # -- helpers -------------------------------------------------------------------------

@@ -7,7 +7,7 @@ failed call, in `AllTargetsFailed.errors`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .response import Attempt, Route
@@ -85,14 +85,10 @@ def _describe_failures(chain: str, attempts: list[Attempt]) -> str:
         return f"chain {chain!r} has no usable target"
     clauses = []
     for target, attempt in last.items():
-        what: list[Any] = [attempt.outcome]
-        if attempt.error:
-            what.append(attempt.error)
-        if attempt.status:
-            what.append(str(attempt.status))
+        facts = " ".join(str(x) for x in (attempt.error, attempt.status) if x)
         if counts.get(target, 0) > 1:
-            what.append(f"{counts[target]} attempts")
-        clause = f"{target}: {' '.join(what)}"
+            facts += f", {counts[target]} attempts"
+        clause = f"{target}: {attempt.outcome}" + (f" ({facts})" if facts else "")
         if attempt.detail:
             clause += f": {attempt.detail}"
         clauses.append(clause)

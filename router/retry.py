@@ -4,8 +4,8 @@
   after a 429 that says how long to wait: then that, plus a little jitter;
 - retry: only outcomes the table allows, a timeout only with `retry_on_timeout`, a 429
   only when its Retry-After is at most `max_retry_after`;
-- stop: after `attempts`, or as soon as the next wait would not leave time for an
-  attempt before the call's deadline. tenacity computes the wait before asking stop,
+- stop: after `attempts`, as soon as the next wait would not leave time for an
+  attempt before the call's deadline, or once the target's circuit has opened. tenacity computes the wait before asking stop,
   so there is never a sleep after the last attempt, nor one that overruns the deadline.
 """
 
@@ -91,13 +91,25 @@ class stop_before_deadline(tenacity.stop.stop_base):
         return retry_state.upcoming_sleep + MIN_ATTEMPT_S > self.deadline.remaining()
 
 
-def retrying(policy: RetryPolicy, deadline: Deadline, *, sleep: Callable[[float], Any],
+class stop_when(tenacity.stop.stop_base):
+    """Stop as soon as `condition()` holds (the target's circuit has opened: do not wait
+    for a retry that the circuit would refuse anyway)."""
+
+    def __init__(self, condition: Callable[[], bool]) -> None:
+        self.condition = condition
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return self.condition()
+
+
+def retrying(policy: RetryPolicy, deadline: Deadline, *, refused: Callable[[], bool],
+             sleep: Callable[[float], Any],
              before_sleep: Callable[[tenacity.RetryCallState], Any]) -> tenacity.Retrying:
     """A tenacity loop for one target within one call."""
     return tenacity.Retrying(
         retry=retry_if_worth_it(policy),
         wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=policy.min_wait, max=policy.max_wait)),
-        stop=tenacity.stop_after_attempt(policy.attempts) | stop_before_deadline(deadline),
+        stop=tenacity.stop_after_attempt(policy.attempts) | stop_before_deadline(deadline) | stop_when(refused),
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,

@@ -18,12 +18,17 @@ _litellm: Any = None
 
 
 def litellm_module() -> Any:
-    """Import litellm once, offline (its bundled price list instead of a download)."""
+    """Import litellm once, offline (its bundled price list instead of a download).
+
+    Its "Give Feedback / Get Help" banner is turned off: it prints to stdout on every
+    provider error, and a router sees provider errors as routine.
+    """
     global _litellm
     if _litellm is None:
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
         import litellm
 
+        litellm.suppress_debug_info = True
         _litellm = litellm
     return _litellm
 
