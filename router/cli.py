@@ -1,0 +1,149 @@
+"""`router` on the command line: ask a chain, inspect circuits, validate a config, fetch a model.
+
+Exit codes: 0 answered / valid, 1 no target answered, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from .config import load_config
+from .errors import AllTargetsFailed, ConfigError, InvalidRequest, RouterError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.run(args)
+    except ConfigError as exc:
+        print(f"router: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidRequest as exc:
+        print(f"router: invalid request: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AllTargetsFailed as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RouterError as exc:
+        print(f"router: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="router", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    complete = commands.add_parser("complete", help="answer a prompt through a chain")
+    complete.add_argument("prompt")
+    complete.add_argument("--chain", default="default")
+    complete.add_argument("--system", help="a system message to put first")
+    complete.add_argument("--max-tokens", type=int, default=256)
+    _config_option(complete)
+    complete.add_argument("--json", action="store_true", help="print the whole response, route included")
+    complete.set_defaults(run=_complete)
+
+    status = commands.add_parser("status", help="circuit state of every target")
+    _config_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status)
+
+    check = commands.add_parser("check-config", help="validate a config and print each chain")
+    check.add_argument("file", nargs="?", default=None)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(run=_check_config)
+
+    models = commands.add_parser("models", help="fetch the default local model")
+    models.add_argument("action", choices=["pull"])
+    models.add_argument("--dest", default=None, help="folder for the GGUF (default: ./models)")
+    models.set_defaults(run=_models)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=os.environ.get("ROUTER_CONFIG", "config.yaml"),
+                        help="YAML config (default: $ROUTER_CONFIG or ./config.yaml)")
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from .core import Router
+
+    router = Router.from_yaml(args.config)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    messages.append({"role": "user", "content": args.prompt})
+    resp = router.complete(messages, chain=args.chain, max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps(resp.to_dict(), indent=2))
+    else:
+        print(resp.text)
+    route = resp.route
+    tried = ", ".join(f"{a.target}={a.outcome}" for a in route.attempts) if route else ""
+    print(f"[served by {route.served_by}{' (degraded)' if route.degraded else ''} "
+          f"in {route.latency_s:.2f} s; {tried}]", file=sys.stderr)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .core import Router
+
+    report = Router.from_yaml(args.config).status()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    rows = [("target", "state", "failures", "note")]
+    for name, info in report.items():
+        note = info.get("disabled") or info.get("misconfigured") or (
+            f"probe in {info['retry_in_s']:.0f} s" if "retry_in_s" in info else "")
+        rows.append((name, info["state"], str(info["failures"]), note))
+    _print_table(rows)
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    file = args.file or os.environ.get("ROUTER_CONFIG", "config.yaml")
+    config = load_config(file)
+    chains: dict[str, Any] = {}
+    for name, chain in config.chains.items():
+        chains[name] = [
+            {"target": t, "model": config.targets[t].model, "degraded": config.targets[t].degraded,
+             "disabled": config.targets[t].disabled
+             or ("offline mode" if config.offline and config.targets[t].is_remote else None)}
+            for t in chain.targets
+        ]
+    if args.json:
+        print(json.dumps({"file": file, "chains": chains}, indent=2))
+        return EXIT_OK
+    print(f"{file}: valid")
+    for name, members in chains.items():
+        parts = []
+        for m in members:
+            text = f"{m['target']} ({m['model']}{', degraded' if m['degraded'] else ''})"
+            parts.append(text + (f" [disabled: {m['disabled']}]" if m["disabled"] else ""))
+        print(f"  {name}: " + " -> ".join(parts))
+    return EXIT_OK
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models import pull_default_model
+
+    path = pull_default_model(args.dest) if args.dest else pull_default_model()
+    print(path)
+    return EXIT_OK
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
