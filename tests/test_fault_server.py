@@ -449,3 +449,121 @@ def test_cli_serves_the_default_fault_until_interrupted():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- the real litellm client ---------------------------------------------------------------
+# These pin how litellm (as installed) reports each fault, which the router's error
+# classifier depends on: the class, its status_code and the exception chain beneath it.
+
+@pytest.fixture(scope="module")
+def litellm():
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+def complete(litellm, server_url, model="m1", timeout=2.0, **kwargs):
+    return litellm.completion(model=f"openai/{model}", api_base=server_url, api_key="sk-test",
+                              max_retries=0, timeout=timeout, messages=MESSAGES, **kwargs)
+
+
+def exception_chain(exc) -> list:
+    names, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names.append(type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__
+    return names
+
+
+def test_litellm_reads_ok_completions(server, litellm):
+    server.script("m1", faults.ok("hi there"))
+    resp = complete(litellm, server.url)
+    assert resp.choices[0].message.content == "hi there"
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (5, 2)
+    assert server.requests("m1")[0].body["model"] == "m1"
+    assert server.requests("m1")[0].headers["authorization"] == "Bearer sk-test"
+
+
+def test_litellm_follows_a_script(server, litellm):
+    server.script("m1", faults.status(503), faults.ok("second"))
+    with pytest.raises(litellm.ServiceUnavailableError):
+        complete(litellm, server.url)
+    assert complete(litellm, server.url).choices[0].message.content == "second"
+    assert server.count("m1") == 2  # max_retries=0: litellm did not retry behind our back
+
+
+def test_litellm_rate_limit_exposes_retry_headers(server, litellm):
+    server.script("m1", faults.status(429, retry_after=7, retry_after_ms=1500))
+    with pytest.raises(litellm.RateLimitError) as info:
+        complete(litellm, server.url)
+    exc = info.value
+    assert exc.status_code == 429
+    assert exc.response.headers["retry-after"] == "7"
+    assert exc.response.headers["retry-after-ms"] == "1500"
+    assert exc.litellm_response_headers["retry-after"] == "7"
+
+
+LITELLM_ERRORS = [
+    # (id, fault or None for a closed port, litellm class, status_code, a class in the chain)
+    ("503", faults.status(503), "ServiceUnavailableError", 503, "InternalServerError"),
+    ("429", faults.status(429, retry_after=1), "RateLimitError", 429, "RateLimitError"),
+    ("400", faults.status(400), "BadRequestError", 400, "BadRequestError"),
+    ("context", faults.context_too_long(), "ContextWindowExceededError", 400, "BadRequestError"),
+    # NB: OpenAI's wording ("our safety system") is NOT recognised by litellm's string match
+    ("policy", faults.content_policy(), "BadRequestError", 400, "BadRequestError"),
+    ("401", faults.status(401), "AuthenticationError", 401, "AuthenticationError"),
+    ("403", faults.status(403), "APIError", 403, "PermissionDeniedError"),
+    ("404", faults.status(404), "NotFoundError", 404, "NotFoundError"),
+    ("408", faults.status(408), "Timeout", 408, "APIStatusError"),
+    ("500", faults.status(500), "InternalServerError", 500, "InternalServerError"),
+    ("502", faults.status(502), "BadGatewayError", 502, "InternalServerError"),
+    ("504", faults.status(504), "Timeout", 504, "InternalServerError"),
+    ("hang", faults.hang(), "Timeout", 408, "ReadTimeout"),
+    ("reset", faults.reset(), "InternalServerError", 500, "ConnectionResetError"),
+    ("malformed", faults.malformed(), "InternalServerError", 500, "JSONDecodeError"),
+    ("refused", None, "InternalServerError", 500, "ConnectionRefusedError"),
+]
+
+
+@pytest.mark.parametrize("fault, cls, code, cause", [c[1:] for c in LITELLM_ERRORS],
+                         ids=[c[0] for c in LITELLM_ERRORS])
+def test_litellm_exception_mapping(server, litellm, fault, cls, code, cause):
+    url = server.url
+    if fault is None:
+        server.stop()  # nothing listens on the port any more
+    else:
+        server.script("m1", fault)
+    with pytest.raises(Exception) as info:
+        complete(litellm, url, timeout=0.5)
+    exc = info.value
+    assert type(exc).__name__ == cls and isinstance(exc, getattr(litellm, cls))
+    assert exc.status_code == code
+    assert cause in exception_chain(exc)
+
+
+def test_litellm_streams_and_sees_stream_faults(server, litellm):
+    server.script("m1", faults.ok("one two three"))
+    chunks = list(complete(litellm, server.url, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three"
+
+    from litellm.exceptions import MidStreamFallbackError  # not exported at top level
+
+    server.script("m1", faults.stream("one two three", cut_after=1))
+    got = []
+    with pytest.raises(MidStreamFallbackError) as info:
+        for chunk in complete(litellm, server.url, stream=True):
+            got.append(chunk.choices[0].delta.content)
+    assert "one " in got and "ConnectionResetError" in exception_chain(info.value)
+    assert info.value.status_code == 500
+
+    server.script("m1", faults.stream("one two", malformed_after=1))
+    with pytest.raises(MidStreamFallbackError) as info:
+        list(complete(litellm, server.url, stream=True))
+    assert "JSONDecodeError" in exception_chain(info.value)
+
+    server.script("m1", faults.stream("one two", stall_after=1))
+    with pytest.raises(litellm.Timeout):
+        list(complete(litellm, server.url, timeout=0.3, stream=True))
