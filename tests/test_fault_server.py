@@ -567,3 +567,28 @@ def test_litellm_streams_and_sees_stream_faults(server, litellm):
     server.script("m1", faults.stream("one two", stall_after=1))
     with pytest.raises(litellm.Timeout):
         list(complete(litellm, server.url, timeout=0.3, stream=True))
+
+
+def test_hang_ends_when_the_client_gives_up(server):
+    server.script("m1", faults.hang())
+    baseline = threading.active_count()
+    with pytest.raises(TimeoutError):
+        post(server, timeout=0.2)
+    deadline = time.monotonic() + 2
+    while threading.active_count() > baseline and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= baseline  # the hung handler thread has finished
+
+
+def test_ipv6_loopback_if_available():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = FaultServer(host="::1").start()
+    except OSError:
+        pytest.skip("::1 cannot be bound here")
+    with server:
+        assert server.url == f"http://[::1]:{server.port}/v1"
+        conn = http.client.HTTPConnection("::1", server.port, timeout=2)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200

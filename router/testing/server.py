@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import select
 import socket
 import struct
 import sys
@@ -70,7 +71,10 @@ _MALFORMED_BODY = b'{"id": "chatcmpl-x", "choices": ['
 
 
 class _Stopped(Exception):
-    """The server stopped while a handler was waiting inside a fault."""
+    """The server stopped, or the client left, while a handler waited inside a fault."""
+
+
+_POLL = 0.05  # seconds between checks for a departed client while a fault waits
 
 
 class _FaultHandler(BaseHTTPRequestHandler):
@@ -87,7 +91,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/v1/models", "/models"):
             models = [{"id": m, "object": "model", "owned_by": "fault-server"}
-                      for m in self.server.owner.scripted_models()]
+                      for m in self.server.owner._scripted_models()]
             self._send_json(200, {"object": "list", "data": models})
         elif path == "/health":
             self._send_json(200, {"status": "ok"})
@@ -96,7 +100,10 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         t = time.monotonic()
-        raw = self._read_body()
+        try:
+            raw = self._read_body()
+        except ValueError:  # a broken chunked body: answer 400, then drop the connection
+            raw, self.close_connection = b"", True
         path = self.path.split("?", 1)[0]
         if path not in _CHAT_PATHS:
             return self.do_GET()  # 404 (or info) without recording
@@ -108,8 +115,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
             body = None
         model = body.get("model") if body is not None else None
         headers = {k.lower(): v for k, v in self.headers.items()}
-        fault = self.server.owner.admit(model if isinstance(model, str) else None,
-                                        body, headers, path, t)
+        fault = self.server.owner._admit(model if isinstance(model, str) else None,
+                                         body, headers, path, t)
         if fault is None:
             msg = "We could not parse the JSON body of your request."
             return self._send_json(400, _error_body(msg, "invalid_request_error", None))
@@ -169,7 +176,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
                 self._sleep(fault.token_delay)
             self._event(head, {"content": piece}, None)
         self._event(head, {}, "stop")
-        if (body.get("stream_options") or {}).get("include_usage"):
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
             self._chunk(b"data: " + _json(dict(head, choices=[], usage=_usage(body, fault.text))) + b"\n\n")
         if fault.done:
             self._chunk(b"data: [DONE]\n\n")
@@ -177,9 +185,25 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     # -- plumbing ------------------------------------------------------------
     def _sleep(self, seconds: Optional[float]) -> None:
-        """Wait ``seconds`` (None: forever) unless the server stops first."""
-        if (seconds is None or seconds > 0) and self.server.stopping.wait(seconds):
-            raise _Stopped
+        """Wait ``seconds`` (None: forever); raise _Stopped if the server stops or the
+        client hangs up first, so hung handlers do not pile up behind timed-out clients."""
+        if seconds is not None and seconds <= 0:
+            return
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while True:
+            wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
+            if wait <= 0:
+                return
+            if self.server.stopping.wait(wait) or self._client_gone():
+                raise _Stopped
+
+    def _client_gone(self) -> bool:
+        try:
+            if not select.select([self.connection], [], [], 0)[0]:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _abort(self) -> None:
         """Close the connection with a TCP RST (SO_LINGER on, zero timeout)."""
@@ -298,6 +322,8 @@ class _HTTPServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._connections: set = set()
         self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _FaultHandler)
 
     def server_bind(self) -> None:
@@ -383,7 +409,7 @@ class FaultServer:
             self._thread = None
 
     def __enter__(self) -> "FaultServer":
-        return self.start()
+        return self if self._httpd is not None else self.start()
 
     def __exit__(self, *exc_info: Any) -> None:
         self.stop()
@@ -398,7 +424,8 @@ class FaultServer:
     @property
     def url(self) -> str:
         """Base URL for OpenAI clients, e.g. ``http://127.0.0.1:PORT/v1`` (litellm ``api_base``)."""
-        return f"http://{self.host}:{self.port}/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
 
     # -- scripting -----------------------------------------------------------
     def script(self, model: str, *steps: faults.Fault) -> None:
@@ -416,7 +443,7 @@ class FaultServer:
         with self._lock:
             self._default = _Step(fault)
 
-    def requests(self, model: Optional[str] = None) -> list:
+    def requests(self, model: Optional[str] = None) -> list[ReceivedRequest]:
         """Requests received for ``model`` (all models, in arrival order, if None)."""
         with self._lock:
             return list(self._log if model is None else self._by_model.get(model, ()))
@@ -431,13 +458,13 @@ class FaultServer:
         with self._lock:
             self._clear()
 
-    def scripted_models(self) -> list:
-        """Names of the models that currently have a script."""
+    def _scripted_models(self) -> list:
+        """Names of the models that currently have a script (for ``GET /v1/models``)."""
         with self._lock:
             return list(self._scripts)
 
-    def admit(self, model: Optional[str], body: Optional[dict], headers: dict,
-              path: str, t: float) -> Optional[faults.Fault]:
+    def _admit(self, model: Optional[str], body: Optional[dict], headers: dict,
+               path: str, t: float) -> Optional[faults.Fault]:
         """Record a request and return the concrete fault to answer it with.
 
         Called by the request handler; returns None (no step consumed) when the body
