@@ -1,0 +1,32 @@
+"""Testing helpers: a fault-injecting OpenAI-compatible server for failover tests.
+
+    from router.testing import FaultServer, faults
+
+    with FaultServer() as server:
+        server.script("m1", faults.status(503), faults.ok("hi"))
+        ...  # point litellm at model "openai/m1", api_base=server.url
+
+Run one from a shell with ``python -m router.testing --help``.
+"""
+
+from . import faults
+from .faults import (
+    Fault,
+    content_policy,
+    context_too_long,
+    flaky,
+    hang,
+    malformed,
+    ok,
+    recover_after,
+    reset,
+    status,
+    stream,
+)
+from .server import FaultServer, ReceivedRequest
+
+__all__ = [
+    "FaultServer", "ReceivedRequest", "Fault", "faults",
+    "ok", "status", "context_too_long", "content_policy", "hang", "reset",
+    "malformed", "flaky", "recover_after", "stream",
+]

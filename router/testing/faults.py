@@ -1,0 +1,285 @@
+"""Fault descriptions for :class:`router.testing.FaultServer`.
+
+Each constructor returns a small frozen dataclass that only *describes* a behaviour;
+the server interprets it.  Faults are plain data: ``dataclasses.asdict(fault)`` is
+JSON-serialisable and :func:`from_dict` rebuilds it, so a script can be handed to a
+server running in another process (see ``python -m router.testing --default``).
+Every dataclass carries a ``kind`` field naming its constructor.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+DEFAULT_TEXT = "Hello from the fault server."
+
+CONTEXT_TOO_LONG_MESSAGE = (
+    "This model's maximum context length is 8192 tokens. However, your messages "
+    "resulted in 9000 tokens. Please reduce the length of the messages."
+)
+CONTENT_POLICY_MESSAGE = "Your request was rejected as a result of our safety system."
+
+
+def _kind(name: str) -> Any:
+    return field(default=name, init=False)
+
+
+@dataclass(frozen=True)
+class Ok:
+    """A normal completion (streamed when the request asks for ``stream``)."""
+
+    text: str = DEFAULT_TEXT
+    delay: float = 0.0
+    kind: str = _kind("ok")
+
+
+@dataclass(frozen=True)
+class Status:
+    """An HTTP error with an OpenAI-style ``{"error": {...}}`` body."""
+
+    code: int
+    retry_after: Union[float, str, None] = None
+    retry_after_ms: Optional[float] = None
+    headers: Optional[dict] = None
+    message: Optional[str] = None
+    error_type: Optional[str] = None
+    error_code: Optional[str] = None
+    kind: str = _kind("status")
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Read the request, send nothing, close after ``seconds`` (None: at server stop)."""
+
+    seconds: Optional[float] = None
+    kind: str = _kind("hang")
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Read the request, then abort the connection with a TCP RST."""
+
+    kind: str = _kind("reset")
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A 200 ``application/json`` response whose body is not valid JSON."""
+
+    kind: str = _kind("malformed")
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A Server-Sent-Events answer, optionally cut, stalled or corrupted mid-way."""
+
+    text: str = DEFAULT_TEXT
+    first_token_delay: float = 0.0
+    token_delay: float = 0.0
+    cut_after: Optional[int] = None
+    stall_after: Optional[int] = None
+    malformed_after: Optional[int] = None
+    done: bool = True
+    kind: str = _kind("stream")
+
+
+@dataclass(frozen=True)
+class Flaky:
+    """``fault`` with probability ``p``, else ``otherwise``; seeded per script step."""
+
+    p: float
+    fault: "Fault"
+    otherwise: "Fault" = Ok()
+    seed: Optional[int] = None
+    kind: str = _kind("flaky")
+
+
+@dataclass(frozen=True)
+class RecoverAfter:
+    """``fault`` until ``seconds`` after the step's first request, then ``then``."""
+
+    seconds: float
+    fault: "Fault"
+    then: "Fault" = Ok()
+    kind: str = _kind("recover_after")
+
+
+Fault = Union[Ok, Status, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter]
+"""Any fault description accepted by the server."""
+
+_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
+
+# code -> (message, error type, error code): what OpenAI answers, roughly.
+_STATUS_DEFAULTS: dict[int, tuple[str, str, Optional[str]]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to access this resource.", "permission_error", None),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    408: ("Request timed out.", "timeout_error", None),
+    413: ("Request too large.", "invalid_request_error", None),
+    422: ("Unprocessable request.", "invalid_request_error", None),
+    429: ("Rate limit reached. Please try again later.", "rate_limit_error", "rate_limit_exceeded"),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+}
+
+
+def _check_delay(name: str, value: Optional[float]) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0) -> Ok:
+    """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte)."""
+    _check_delay("delay", delay)
+    return Ok(text=text, delay=delay)
+
+
+def status(
+    code: int,
+    *,
+    retry_after: Union[float, str, None] = None,
+    retry_after_ms: Optional[float] = None,
+    headers: Optional[Mapping[str, str]] = None,
+    message: Optional[str] = None,
+    error_type: Optional[str] = None,
+    error_code: Optional[str] = None,
+) -> Status:
+    """Answer HTTP ``code`` with an OpenAI-style error body.
+
+    ``retry_after`` is sent as ``Retry-After`` (a number of seconds, or a string such as an
+    HTTP date, verbatim); ``retry_after_ms`` as ``retry-after-ms``.  Message, type and code
+    default to what OpenAI sends for that status.
+    """
+    if not 100 <= int(code) <= 599:
+        raise ValueError(f"HTTP status must be in 100..599, got {code!r}")
+    if int(code) >= 500:
+        default = _STATUS_DEFAULTS.get(int(code), (_SERVER_ERROR, "server_error", None))
+    else:
+        default = _STATUS_DEFAULTS.get(
+            int(code), (f"Request failed with status {code}.", "invalid_request_error", None)
+        )
+    return Status(
+        code=int(code),
+        retry_after=retry_after,
+        retry_after_ms=retry_after_ms,
+        headers=dict(headers) if headers else None,
+        message=default[0] if message is None else message,
+        error_type=default[1] if error_type is None else error_type,
+        error_code=default[2] if error_code is None else error_code,
+    )
+
+
+def context_too_long() -> Status:
+    """OpenAI's 400 ``context_length_exceeded`` error."""
+    return status(400, message=CONTEXT_TOO_LONG_MESSAGE, error_code="context_length_exceeded")
+
+
+def content_policy() -> Status:
+    """OpenAI's 400 ``content_policy_violation`` error."""
+    return status(400, message=CONTENT_POLICY_MESSAGE, error_code="content_policy_violation")
+
+
+def hang(seconds: Optional[float] = None) -> Hang:
+    """Read the request and send nothing; close after ``seconds`` (None: until server stop)."""
+    _check_delay("seconds", seconds)
+    return Hang(seconds=seconds)
+
+
+def reset() -> Reset:
+    """Read the request and close the connection with a TCP RST, sending nothing."""
+    return Reset()
+
+
+def malformed() -> Malformed:
+    """Answer 200 ``application/json`` with a truncated, unparsable body."""
+    return Malformed()
+
+
+def stream(
+    text: str = DEFAULT_TEXT,
+    *,
+    first_token_delay: float = 0.0,
+    token_delay: float = 0.0,
+    cut_after: Optional[int] = None,
+    stall_after: Optional[int] = None,
+    malformed_after: Optional[int] = None,
+    done: bool = True,
+) -> Stream:
+    """Stream ``text`` word by word as SSE (even if the request did not ask to stream).
+
+    Headers go out at once; the first chunk after ``first_token_delay``, later ones
+    ``token_delay`` apart.  After N content chunks: ``cut_after`` aborts the connection,
+    ``stall_after`` goes silent until the server stops, ``malformed_after`` sends
+    ``data: {not json`` and ends the body.  ``done=False`` omits ``data: [DONE]``.
+    """
+    _check_delay("first_token_delay", first_token_delay)
+    _check_delay("token_delay", token_delay)
+    for name, value in (("cut_after", cut_after), ("stall_after", stall_after),
+                        ("malformed_after", malformed_after)):
+        if value is not None and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return Stream(text, first_token_delay, token_delay, cut_after, stall_after,
+                  malformed_after, done)
+
+
+def flaky(p: float, fault: Fault, *, otherwise: Fault = Ok(), seed: Optional[int] = None) -> Flaky:
+    """Answer ``fault`` with probability ``p``, else ``otherwise`` (``random.Random(seed)``)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be in [0, 1], got {p!r}")
+    return Flaky(p=p, fault=fault, otherwise=otherwise, seed=seed)
+
+
+def recover_after(seconds: float, fault: Fault, *, then: Fault = Ok()) -> RecoverAfter:
+    """Answer ``fault`` until ``seconds`` after the first request reaching this step, then ``then``."""
+    _check_delay("seconds", seconds)
+    return RecoverAfter(seconds=seconds, fault=fault, then=then)
+
+
+_CONSTRUCTORS: dict[str, Callable[..., Fault]] = {
+    "ok": ok, "status": status, "hang": hang, "reset": reset, "malformed": malformed,
+    "stream": stream, "flaky": flaky, "recover_after": recover_after,
+}
+
+
+def from_dict(data: Mapping[str, Any]) -> Fault:
+    """Rebuild a fault from ``dataclasses.asdict(fault)`` (or a hand-written subset of it).
+
+    Missing fields take the constructor's defaults, e.g. ``{"kind": "status", "code": 503}``.
+    """
+    fields = dict(data)
+    kind = fields.pop("kind", None)
+    make = _CONSTRUCTORS.get(kind)  # type: ignore[arg-type]
+    if make is None:
+        raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(_CONSTRUCTORS)}")
+    for key in ("fault", "otherwise", "then"):
+        if isinstance(fields.get(key), Mapping):
+            fields[key] = from_dict(fields[key])
+    try:
+        return make(**fields)
+    except TypeError as exc:
+        raise ValueError(f"bad fields for fault {kind!r}: {exc}") from None
+
+
+def resolve(fault: Fault, state: dict, now: float) -> Fault:
+    """Pick the concrete fault a composite (flaky / recover_after) answers with right now.
+
+    ``state`` belongs to one script step and keeps each composite's random generator or
+    start time, keyed by ``id(composite)``; the caller serialises access.
+    """
+    while True:
+        if isinstance(fault, Flaky):
+            rng = state.get(id(fault))
+            if rng is None:
+                rng = state[id(fault)] = random.Random(fault.seed)
+            fault = fault.fault if rng.random() < fault.p else fault.otherwise
+        elif isinstance(fault, RecoverAfter):
+            first = state.setdefault(id(fault), now)
+            fault = fault.fault if now - first < fault.seconds else fault.then
+        else:
+            return fault
