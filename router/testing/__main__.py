@@ -37,7 +37,9 @@ def _script(text: str) -> tuple:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, serve until interrupted, return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m router.testing", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m router.testing",
+        description="Serve a fault-injecting OpenAI-compatible API until Ctrl-C; prints its base URL.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free one)")
     parser.add_argument("--default", type=_fault, metavar="JSON",

@@ -51,7 +51,10 @@ class Status:
 
 @dataclass(frozen=True)
 class Hang:
-    """Read the request, send nothing, close after ``seconds`` (None: at server stop)."""
+    """Read the request, send nothing, close after ``seconds`` (None: at server stop).
+
+    The wait also ends early when the client hangs up, so timed-out clients do not
+    leave handler threads behind."""
 
     seconds: Optional[float] = None
     kind: str = _kind("hang")
@@ -186,7 +189,8 @@ def content_policy() -> Status:
 
 
 def hang(seconds: Optional[float] = None) -> Hang:
-    """Read the request and send nothing; close after ``seconds`` (None: until server stop)."""
+    """Read the request and send nothing; close after ``seconds`` (None: until server stop
+    or until the client hangs up)."""
     _check_delay("seconds", seconds)
     return Hang(seconds=seconds)
 
