@@ -102,11 +102,12 @@ class stop_when(tenacity.stop.stop_base):
         return self.condition()
 
 
-def retrying(policy: RetryPolicy, deadline: Deadline, *, refused: Callable[[], bool],
-             sleep: Callable[[float], Any],
-             before_sleep: Callable[[tenacity.RetryCallState], Any]) -> tenacity.Retrying:
-    """A tenacity loop for one target within one call."""
-    return tenacity.Retrying(
+def retrying(policy: RetryPolicy, deadline: Deadline, *, refused: Callable[[], bool], sleep: Callable[[float], Any],
+             before_sleep: Callable[[tenacity.RetryCallState], Any],
+             cls: type[tenacity.BaseRetrying] = tenacity.Retrying) -> Any:
+    """A tenacity loop (`Retrying`, or `AsyncRetrying` with an async `sleep`) for one target
+    within one call."""
+    return cls(
         retry=retry_if_worth_it(policy),
         wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=policy.min_wait, max=policy.max_wait)),
         stop=tenacity.stop_after_attempt(policy.attempts) | stop_before_deadline(deadline) | stop_when(refused),

@@ -46,10 +46,16 @@ class RemoteTarget:
         self._fixed = fixed
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        raw = litellm_module().completion(
-            messages=request.messages, timeout=timeout, **self.config.params, **request.params, **self._fixed
-        )
+        raw = litellm_module().completion(**self._arguments(request, timeout))
         return Response.from_openai(raw)
+
+    async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        raw = await litellm_module().acompletion(**self._arguments(request, timeout))
+        return Response.from_openai(raw)
+
+    def _arguments(self, request: Request, timeout: float) -> dict[str, Any]:
+        return {"messages": request.messages, "timeout": timeout, **self.config.params, **request.params,
+                **self._fixed}
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"

@@ -1,0 +1,222 @@
+"""The chain walk: skip, attempt, retry, fail over, and record the route.
+
+For each target of the chain, in order: pass it over when it is disabled, offline, known
+too small, out of time or its circuit is open; otherwise attempt it under its retry
+policy (retry.py), each attempt admitted by its bulkhead and its circuit (breaker.py)
+and classified (outcomes.py). The first answer wins; when none comes, the chain's static
+reply or `AllTargetsFailed`.
+
+`Walk` holds one call's state and every decision; `walk_sync` and `walk_async` are the
+two loops around it, identical but for `await`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import tenacity
+
+from .breaker import CircuitOpen, Ticket
+from .config import ChainConfig, TargetConfig
+from .errors import AllTargetsFailed, ContentRejected
+from .outcomes import Outcome, classify
+from .request import Request
+from .response import Attempt, Choice, Message, Response, Route, Usage
+from .retry import AttemptFailed, Deadline, retrying
+
+if TYPE_CHECKING:
+    from .core import Router
+
+log = logging.getLogger("router")
+
+_DETAIL_LIMIT = 500
+
+
+class Walk:
+    """One call down one chain: its route, its deadline, and what each target said."""
+
+    def __init__(self, router: Router, chain: ChainConfig, request: Request, deadline: Deadline) -> None:
+        self.router = router
+        self.chain = chain
+        self.request = request
+        self.deadline = deadline
+        self.route = Route(chain=chain.name)
+        self.errors: dict[str, BaseException] = {}
+        self._overflowed: int | None = None  # smallest context window found too small
+        self._waited = 0.0  # backoff slept before the next attempt
+        self._started = time.perf_counter()
+
+    # -- which targets ---------------------------------------------------------------------
+
+    def targets(self) -> Iterator[TargetConfig]:
+        """The chain's targets that are worth an attempt now; the others are recorded as skipped."""
+        for name in self.chain.targets:
+            config = self.router.config.targets[name]
+            skip = self._skip(config)
+            if skip is None:
+                yield config
+            else:
+                self.route.attempts.append(Attempt(name, skip[0].value, detail=skip[1]))
+
+    def _skip(self, config: TargetConfig) -> tuple[Outcome, str] | None:
+        if config.disabled:
+            return Outcome.DISABLED, config.disabled
+        if self.router.config.offline and config.is_remote:
+            return Outcome.OFFLINE, "offline mode: remote targets are skipped"
+        window, overflowed = config.context_window, self._overflowed
+        if overflowed is not None and window and window <= overflowed:
+            return Outcome.TOO_SMALL, f"context window {window} is not larger than {overflowed}, already too small"
+        if self.deadline.remaining() <= 0:
+            return Outcome.DEADLINE, "the call's deadline had passed"
+        return None
+
+    # -- one attempt -----------------------------------------------------------------------
+
+    def retrying(self, config: TargetConfig, cls: type[tenacity.BaseRetrying], sleep: Any) -> Any:
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            self._waited = retry_state.upcoming_sleep
+
+        return retrying(config.retry, self.deadline, cls=cls, refused=self.router._circuits[config.name].is_open,
+                        sleep=sleep, before_sleep=before_sleep)
+
+    def begin(self, config: TargetConfig) -> tuple[Ticket, float, float]:
+        """Admit one attempt: its circuit ticket, its timeout and its start time."""
+        ticket = self.router._circuits[config.name].admit()
+        return ticket, min(config.timeout, self.deadline.remaining()), time.perf_counter()
+
+    def note(self, config: TargetConfig):
+        return lambda text: self.route.notes.append(f"{config.name}: {text}")
+
+    def succeeded(self, config: TargetConfig, ticket: Ticket, started: float) -> None:
+        self.router._circuits[config.name].succeeded(ticket)
+        self.route.attempts.append(Attempt(config.name, Outcome.OK.value, latency_s=time.perf_counter() - started,
+                                           waited_s=self._take_wait()))
+
+    def failed(self, config: TargetConfig, ticket: Ticket, exc: BaseException, started: float,
+               timeout: float) -> AttemptFailed:
+        """Classify, settle the circuit, record; the caller raises what this returns.
+
+        Cancellation is re-raised here, untouched: it is the caller's, not the target's.
+        """
+        latency = time.perf_counter() - started
+        failure = classify(exc)
+        if failure.outcome is Outcome.SILENT and timeout < config.timeout:
+            failure = replace(failure, outcome=Outcome.DEADLINE)  # our deadline, not its silence
+        circuit = self.router._circuits[config.name]
+        if failure.handling.counts:
+            circuit.failed(ticket)
+        else:
+            circuit.released(ticket)
+        self.route.attempts.append(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
+                                           latency, self._take_wait(), self.detail(failure.message)))
+        if failure.outcome is Outcome.CANCELLED:
+            raise exc
+        return AttemptFailed(failure)
+
+    def _take_wait(self) -> float:
+        waited, self._waited = self._waited, 0.0
+        return waited
+
+    # -- after a target ------------------------------------------------------------------
+
+    def target_failed(self, config: TargetConfig, exc: CircuitOpen | AttemptFailed) -> None:
+        """Note why a target gave up; raise when the outcome must not fail over."""
+        if isinstance(exc, CircuitOpen):
+            self.route.attempts.append(Attempt(config.name, Outcome.CIRCUIT_OPEN.value, detail=str(exc),
+                                               waited_s=self._take_wait()))
+            return
+        failure = exc.failure
+        self.errors[config.name] = failure.error
+        if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
+            self._overflowed = min(self._overflowed or config.context_window, config.context_window)
+        if failure.outcome is Outcome.MISCONFIGURED:
+            self.router._flag_misconfigured(config, failure, self.detail(failure.message))
+        if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
+            self._finish()
+            raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
+
+    def answer(self, config: TargetConfig, response: Response) -> Response:
+        self.route.served_by = config.name
+        self.route.degraded = config.degraded
+        self._finish()
+        response.route = self.route
+        return response
+
+    def give_up(self) -> Response:
+        """The static reply when the chain has one, else `AllTargetsFailed`."""
+        self._finish()
+        if self.chain.static_reply is not None:
+            self.route.served_by = "static"
+            self.route.degraded = True
+            return Response(id="static", model="static", usage=Usage(), route=self.route,
+                            choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
+        last = next(reversed(self.errors.values()), None)
+        raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
+
+    def detail(self, message: str) -> str:
+        text = self.router._redact(message)
+        return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
+
+    def _finish(self) -> None:
+        self.route.latency_s = time.perf_counter() - self._started
+
+
+def walk_sync(walk: Walk) -> Response:
+    for config in walk.targets():
+        target = walk.router._targets[config.name]
+        note = walk.note(config)
+
+        def attempt() -> Response:
+            ticket, timeout, started = walk.begin(config)
+            try:
+                response = target.complete(walk.request, timeout=timeout, note=note)
+            except BaseException as exc:
+                raise walk.failed(config, ticket, exc, started, timeout) from exc
+            walk.succeeded(config, ticket, started)
+            return response
+
+        try:
+            response = walk.retrying(config, tenacity.Retrying, walk.router._sleep)(attempt)
+        except (CircuitOpen, AttemptFailed) as exc:
+            walk.target_failed(config, exc)
+            continue
+        return walk.answer(config, response)
+    return walk.give_up()
+
+
+async def walk_async(walk: Walk) -> Response:
+    for config in walk.targets():
+        target = walk.router._targets[config.name]
+        note = walk.note(config)
+
+        async def attempt() -> Response:
+            ticket, timeout, started = walk.begin(config)
+            try:
+                response = await _acomplete(target, walk.request, timeout, note)
+            except BaseException as exc:
+                raise walk.failed(config, ticket, exc, started, timeout) from exc
+            walk.succeeded(config, ticket, started)
+            return response
+
+        try:
+            response = await walk.retrying(config, tenacity.AsyncRetrying, walk.router._async_sleep)(attempt)
+        except (CircuitOpen, AttemptFailed) as exc:
+            walk.target_failed(config, exc)
+            continue
+        return walk.answer(config, response)
+    return walk.give_up()
+
+
+async def _acomplete(target: Any, request: Request, timeout: float, note: Any) -> Response:
+    """A target's own async call when it has one; else its sync call in a worker thread,
+    so the event loop never blocks (the local tier)."""
+    acomplete = getattr(target, "acomplete", None)
+    if acomplete is not None:
+        return await acomplete(request, timeout=timeout, note=note)
+    return await asyncio.to_thread(target.complete, request, timeout=timeout, note=note)
+
