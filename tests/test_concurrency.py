@@ -1,0 +1,109 @@
+"""Many callers at once, threads and asyncio: parallel through a closed circuit, one probe
+when half-open, cancellation counted against nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from router import AllTargetsFailed
+from router.testing import faults
+
+from .conftest import remote
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_16_threads_through_one_closed_circuit_run_in_parallel(server, make_router):
+    server.script("slow", faults.ok("done", delay=0.2))
+    router = make_router({"primary": "slow"})
+    router.complete(HI)  # warm the client pool
+    barrier = threading.Barrier(16)
+    served: list[str] = []
+
+    def call():
+        barrier.wait()
+        served.append(router.complete(HI).route.served_by)
+
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert served == ["primary"] * 16
+    assert elapsed < 0.6  # serialised it would be 16 x 0.2 = 3.2 s
+
+
+def test_64_tasks_through_one_closed_circuit_run_in_parallel(server, make_router):
+    server.script("slow", faults.ok("done", delay=0.2))
+    router = make_router({"primary": "slow"})
+
+    async def main() -> float:
+        await router.acomplete(HI)  # warm the client pool
+        started = time.monotonic()
+        answers = await asyncio.gather(*(router.acomplete(HI) for _ in range(64)))
+        assert [a.route.served_by for a in answers] == ["primary"] * 64
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.6
+
+
+def test_acomplete_fails_over_with_the_same_route_as_complete(server, make_router):
+    server.script("p", faults.status(503))
+    server.script("s", faults.ok("async answer"))
+    slept: list[float] = []
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+
+    router = make_router({"primary": "p", "secondary": "s"}, async_sleep=record)
+    resp = asyncio.run(router.acomplete(HI, max_tokens=5))
+    assert resp.choices[0].message.content == "async answer"
+    assert [(a.target, a.outcome) for a in resp.route.attempts] == [("primary", "transient")] * 3 + [
+        ("secondary", "ok")]
+    assert server.count("p") == 3 and len(slept) == 2
+
+
+def test_acomplete_raises_all_targets_failed(server, make_router):
+    server.script("p", faults.status(401))
+    with pytest.raises(AllTargetsFailed, match="misconfigured"):
+        asyncio.run(make_router({"primary": "p"}).acomplete(HI))
+
+
+def test_half_open_lets_one_probe_through_when_50_callers_arrive(server, make_router):
+    server.script("p", faults.ok("probe answer", delay=0.3))
+    router = make_router({"primary": remote(server, "p", retry={"attempts": 1}), "secondary": "s"},
+                         defaults={"breaker": {"fail_max": 1, "reset_timeout": 0.2}})
+    router.force_open("primary")
+    time.sleep(0.25)
+
+    async def main():
+        return await asyncio.gather(*(router.acomplete(HI) for _ in range(50)))
+
+    answers = asyncio.run(main())
+    by = [a.route.served_by for a in answers]
+    assert by.count("primary") == 1 and by.count("secondary") == 49
+    assert server.count("p") == 1
+    assert router.status()["primary"]["state"] == "closed"
+
+
+def test_cancelling_the_caller_cancels_the_attempt_and_counts_nothing(server, make_router):
+    server.script("p", faults.hang(10))
+    router = make_router({"primary": "p"}, defaults={"breaker": {"fail_max": 1, "reset_timeout": 60}})
+
+    async def main():
+        task = asyncio.create_task(router.acomplete(HI))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert server.count("p") == 1
+    status = router.status()["primary"]
+    assert status["state"] == "closed" and status["failures"] == 0
