@@ -82,6 +82,10 @@ class TargetConfig:
     degraded: bool = False
     context_window: int | None = None
     params: Mapping[str, Any] = field(default_factory=dict)  # passed to every call
+    max_concurrency: int | None = None  # bulkhead: calls in flight to this target
+    queue_timeout: float = 0.0  # how long a caller beyond max_concurrency waits for a slot
+    first_token_timeout: float | None = None  # streams: the first content must come sooner
+    stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
     local: LocalOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
 
@@ -96,6 +100,7 @@ class ChainConfig:
     targets: tuple[str, ...]
     static_reply: str | None = None  # answered as served_by "static" when every target fails
     on_content_policy: str = "propagate"  # or "fail_over"
+    mid_stream: str = "continue"  # a stream broken after content: "continue" on a target that can, or "error"
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,18 @@ class RouterConfig:
 
 PROVIDERS = ("litellm", "llama_cpp")
 _TOP_KEYS = ("defaults", "targets", "chains", "state", "offline")
-_DEFAULT_KEYS = ("timeout", "deadline", "retry", "breaker", "params")
-_TARGET_KEYS = ("provider", "model", "api_key", "api_base", "timeout", "retry", "breaker",
-                "degraded", "context_window", "params")
-_CHAIN_KEYS = ("targets", "static_reply", "on_content_policy")
+# Scalar target settings that `defaults` may set for every target: (type, minimum, > 0).
+_LIMITS: dict[str, tuple[type, float, bool]] = {
+    "timeout": (float, 0, True),
+    "max_concurrency": (int, 1, True),
+    "queue_timeout": (float, 0, False),
+    "first_token_timeout": (float, 0, True),
+    "stream_idle_timeout": (float, 0, True),
+}
+_DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", *_LIMITS)
+_TARGET_KEYS = ("provider", "model", "api_key", "api_base", "retry", "breaker", "degraded", "context_window",
+                "params", *_LIMITS)
+_CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -168,13 +181,13 @@ class _Loader:
         offline = offline or os.environ.get("ROUTER_OFFLINE", "").lower() in ("1", "true", "yes")
 
         defaults = self.mapping(self.resolved(top.get("defaults", {}), "defaults"), "defaults", _DEFAULT_KEYS)
-        timeout = self.number(defaults.get("timeout", 30.0), "defaults.timeout", positive=True)
         deadline = self.number(defaults.get("deadline", 90.0), "defaults.deadline", positive=True)
         retry = self.build(RetryPolicy, defaults.get("retry", {}), "defaults.retry", RetryPolicy())
         breaker = self.build(BreakerPolicy, defaults.get("breaker", {}), "defaults.breaker", BreakerPolicy())
         params = self.mapping(defaults.get("params", {}), "defaults.params")
-        base = TargetConfig(name="", provider="litellm", model=None, timeout=timeout, retry=retry,
+        base = TargetConfig(name="", provider="litellm", model=None, timeout=30.0, retry=retry,
                             breaker=breaker, params=params)
+        base = replace(base, **self.limits(defaults, "defaults"))
 
         targets_raw = self.mapping(top["targets"], "targets")
         if not targets_raw:
@@ -241,7 +254,6 @@ class _Loader:
             model=model,
             api_key=api_key,
             api_base=self.value(data["api_base"], f"{path}.api_base", str) if "api_base" in data else None,
-            timeout=self.number(data.get("timeout", base.timeout), f"{path}.timeout", positive=True),
             retry=self.build(RetryPolicy, data.get("retry", {}), f"{path}.retry", base.retry),
             breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
@@ -249,6 +261,7 @@ class _Loader:
             params={**base.params, **self.mapping(data.get("params", {}), f"{path}.params")},
             local=local,
             disabled=disabled,
+            **self.limits(data, path),
         )
 
     def chain(self, name: str, raw: Any, targets: Mapping[str, TargetConfig]) -> ChainConfig:
@@ -271,10 +284,21 @@ class _Loader:
         static = data.get("static_reply")
         if static is not None:
             static = self.value(static, f"{path}.static_reply", str)
-        policy = self.value(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy", str)
-        if policy not in ("propagate", "fail_over"):
-            raise self.error(f"{path}.on_content_policy", f"expected propagate or fail_over, got {policy!r}")
-        return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy)
+        policy = self.choice(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy",
+                             ("propagate", "fail_over"))
+        mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", ("continue", "error"))
+        return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy,
+                           mid_stream=mid_stream)
+
+    def limits(self, data: Mapping[str, Any], path: str) -> dict[str, Any]:
+        """The `_LIMITS` keys present in `data`, validated."""
+        return {key: self.number(data[key], f"{path}.{key}", integer=kind is int, minimum=minimum, positive=positive)
+                for key, (kind, minimum, positive) in _LIMITS.items() if key in data}
+
+    def choice(self, raw: Any, path: str, choices: tuple[str, ...]) -> str:
+        if raw not in choices:
+            raise self.error(path, f"expected {' or '.join(choices)}, got {raw!r}")
+        return raw
 
     def check_state(self, state: StateConfig) -> None:
         if state.backend == "redis":

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .breaker import Circuit
+from .bulkhead import Bulkhead
 from .config import ChainConfig, RouterConfig, TargetConfig, config_from_dict, load_config
 from .errors import InvalidRequest
 from .outcomes import Failure
@@ -40,6 +41,8 @@ class Router:
         self._async_sleep = async_sleep
         self._targets: dict[str, Target] = {}
         self._circuits = {name: Circuit(name, target.breaker) for name, target in config.targets.items()}
+        self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
+                           for name, target in config.targets.items()}
         for name, target in config.targets.items():
             if not target.disabled:
                 self._targets[name] = build_target(target)

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import tenacity
@@ -24,7 +24,7 @@ import tenacity
 from .breaker import CircuitOpen, Ticket
 from .config import ChainConfig, TargetConfig
 from .errors import AllTargetsFailed, ContentRejected
-from .outcomes import Outcome, classify
+from .outcomes import Outcome, TargetFailure, classify
 from .request import Request
 from .response import Attempt, Choice, Message, Response, Route, Usage
 from .retry import AttemptFailed, Deadline, retrying
@@ -35,6 +35,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("router")
 
 _DETAIL_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One attempt let through: its circuit ticket, timeout and start time."""
+
+    ticket: Ticket
+    timeout: float
+    started: float
 
 
 class Walk:
@@ -84,34 +93,54 @@ class Walk:
         return retrying(config.retry, self.deadline, cls=cls, refused=self.router._circuits[config.name].is_open,
                         sleep=sleep, before_sleep=before_sleep)
 
-    def begin(self, config: TargetConfig) -> tuple[Ticket, float, float]:
-        """Admit one attempt: its circuit ticket, its timeout and its start time."""
-        ticket = self.router._circuits[config.name].admit()
-        return ticket, min(config.timeout, self.deadline.remaining()), time.perf_counter()
+    def budget(self, config: TargetConfig) -> float:
+        """The next attempt's timeout: the target's, cut to what the deadline leaves."""
+        return min(config.timeout, self.deadline.remaining())
+
+    def begin(self, config: TargetConfig, slot: bool) -> Admission:
+        """Admit one attempt once the caller has tried for a bulkhead `slot`."""
+        if not slot:
+            bulkhead = self.router._bulkheads[config.name]
+            message = (f"{bulkhead.in_flight} calls in flight (max_concurrency={bulkhead.limit}, "
+                       f"queue_timeout={bulkhead.queue_timeout:g} s)")
+            self.route.attempts.append(Attempt(config.name, Outcome.NO_CAPACITY.value, detail=message,
+                                               waited_s=self._take_wait()))
+            raise AttemptFailed(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
+        try:
+            ticket = self.router._circuits[config.name].admit()
+        except CircuitOpen:
+            self.router._bulkheads[config.name].release()
+            raise
+        return Admission(ticket, self.budget(config), time.perf_counter())
+
+    def _settle(self, config: TargetConfig) -> None:
+        self.router._bulkheads[config.name].release()
 
     def note(self, config: TargetConfig):
         return lambda text: self.route.notes.append(f"{config.name}: {text}")
 
-    def succeeded(self, config: TargetConfig, ticket: Ticket, started: float) -> None:
-        self.router._circuits[config.name].succeeded(ticket)
-        self.route.attempts.append(Attempt(config.name, Outcome.OK.value, latency_s=time.perf_counter() - started,
+    def succeeded(self, config: TargetConfig, admission: Admission) -> None:
+        self._settle(config)
+        self.router._circuits[config.name].succeeded(admission.ticket)
+        self.route.attempts.append(Attempt(config.name, Outcome.OK.value,
+                                           latency_s=time.perf_counter() - admission.started,
                                            waited_s=self._take_wait()))
 
-    def failed(self, config: TargetConfig, ticket: Ticket, exc: BaseException, started: float,
-               timeout: float) -> AttemptFailed:
+    def failed(self, config: TargetConfig, admission: Admission, exc: BaseException) -> AttemptFailed:
         """Classify, settle the circuit, record; the caller raises what this returns.
 
         Cancellation is re-raised here, untouched: it is the caller's, not the target's.
         """
-        latency = time.perf_counter() - started
+        self._settle(config)
+        latency = time.perf_counter() - admission.started
         failure = classify(exc)
-        if failure.outcome is Outcome.SILENT and timeout < config.timeout:
+        if failure.outcome is Outcome.SILENT and admission.timeout < config.timeout:
             failure = replace(failure, outcome=Outcome.DEADLINE)  # our deadline, not its silence
         circuit = self.router._circuits[config.name]
         if failure.handling.counts:
-            circuit.failed(ticket)
+            circuit.failed(admission.ticket)
         else:
-            circuit.released(ticket)
+            circuit.released(admission.ticket)
         self.route.attempts.append(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
                                            latency, self._take_wait(), self.detail(failure.message)))
         if failure.outcome is Outcome.CANCELLED:
@@ -169,15 +198,16 @@ class Walk:
 def walk_sync(walk: Walk) -> Response:
     for config in walk.targets():
         target = walk.router._targets[config.name]
+        bulkhead = walk.router._bulkheads[config.name]
         note = walk.note(config)
 
         def attempt() -> Response:
-            ticket, timeout, started = walk.begin(config)
+            admission = walk.begin(config, bulkhead.acquire(walk.budget(config)))
             try:
-                response = target.complete(walk.request, timeout=timeout, note=note)
+                response = target.complete(walk.request, timeout=admission.timeout, note=note)
             except BaseException as exc:
-                raise walk.failed(config, ticket, exc, started, timeout) from exc
-            walk.succeeded(config, ticket, started)
+                raise walk.failed(config, admission, exc) from exc
+            walk.succeeded(config, admission)
             return response
 
         try:
@@ -192,15 +222,16 @@ def walk_sync(walk: Walk) -> Response:
 async def walk_async(walk: Walk) -> Response:
     for config in walk.targets():
         target = walk.router._targets[config.name]
+        bulkhead = walk.router._bulkheads[config.name]
         note = walk.note(config)
 
         async def attempt() -> Response:
-            ticket, timeout, started = walk.begin(config)
+            admission = walk.begin(config, await bulkhead.acquire_async(walk.budget(config)))
             try:
-                response = await _acomplete(target, walk.request, timeout, note)
+                response = await _acomplete(target, walk.request, admission.timeout, note)
             except BaseException as exc:
-                raise walk.failed(config, ticket, exc, started, timeout) from exc
-            walk.succeeded(config, ticket, started)
+                raise walk.failed(config, admission, exc) from exc
+            walk.succeeded(config, admission)
             return response
 
         try:

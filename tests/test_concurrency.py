@@ -107,3 +107,52 @@ def test_cancelling_the_caller_cancels_the_attempt_and_counts_nothing(server, ma
     assert server.count("p") == 1
     status = router.status()["primary"]
     assert status["state"] == "closed" and status["failures"] == 0
+
+
+def _threads(n: int, fn) -> list:
+    results: list = []
+    barrier = threading.Barrier(n)
+
+    def run():
+        barrier.wait()
+        results.append(fn())
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_bulkhead_caps_calls_in_flight_and_fails_over_the_rest(server, make_router):
+    server.script("slow", faults.ok("slow", delay=0.4))
+    router = make_router({"primary": remote(server, "slow", max_concurrency=2), "secondary": "s"})
+    answers = _threads(6, lambda: router.complete(HI))
+    by = sorted(a.route.served_by for a in answers)
+    assert by == ["primary"] * 2 + ["secondary"] * 4
+    assert server.count("slow") == 2
+    refused = [a.route.attempts[0] for a in answers if a.route.served_by == "secondary"]
+    assert {a.outcome for a in refused} == {"no_capacity"}
+    assert "max_concurrency=2" in refused[0].detail
+    assert router.status()["primary"] == {"state": "closed", "failures": 0}
+
+
+def test_bulkhead_queue_timeout_lets_callers_wait_for_a_slot(server, make_router):
+    server.script("slow", faults.ok("slow", delay=0.2))
+    router = make_router({"primary": remote(server, "slow", max_concurrency=2, queue_timeout=2), "secondary": "s"})
+    started = time.monotonic()
+    answers = _threads(6, lambda: router.complete(HI))
+    assert [a.route.served_by for a in answers] == ["primary"] * 6
+    assert 0.55 <= time.monotonic() - started < 1.5  # three waves of two
+
+
+def test_bulkhead_in_asyncio(server, make_router):
+    server.script("slow", faults.ok("slow", delay=0.3))
+    router = make_router({"primary": remote(server, "slow", max_concurrency=3, queue_timeout=0.05), "secondary": "s"})
+
+    async def main():
+        return await asyncio.gather(*(router.acomplete(HI) for _ in range(10)))
+
+    by = [a.route.served_by for a in asyncio.run(main())]
+    assert by.count("primary") == 3 and by.count("secondary") == 7
