@@ -15,17 +15,24 @@ from typing import Any
 from . import errors
 from .core import Router, default_router
 from .errors import AllTargetsFailed, ConfigError, InvalidRequest, StreamInterrupted
-from .response import Attempt, Response, Route
+from .response import Attempt, Chunk, Response, Route
+from .streaming import AsyncStream, Stream
 
 __all__ = [
-    "Router", "Response", "Route", "Attempt", "complete", "status", "errors",
+    "Router", "Response", "Route", "Attempt", "Chunk", "Stream", "AsyncStream", "complete", "acomplete", "status",
+    "errors",
     "ConfigError", "AllTargetsFailed", "InvalidRequest", "StreamInterrupted",
 ]
 
 
-def complete(messages: list[dict[str, Any]], **kwargs: Any) -> Response:
+def complete(messages: list[dict[str, Any]], **kwargs: Any) -> Response | Stream:
     """`Router.complete` on the default router (built from $ROUTER_CONFIG or ./config.yaml)."""
     return default_router().complete(messages, **kwargs)
+
+
+async def acomplete(messages: list[dict[str, Any]], **kwargs: Any) -> Response | AsyncStream:
+    """`Router.acomplete` on the default router."""
+    return await default_router().acomplete(messages, **kwargs)
 
 
 def status() -> dict[str, dict[str, Any]]:

@@ -22,6 +22,7 @@ from .request import build_request
 from .response import Response
 from .retry import Deadline
 from .targets import Target, build_target
+from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .walk import Walk, walk_async, walk_sync
 
 log = logging.getLogger("router")
@@ -63,24 +64,27 @@ class Router:
     # -- calls ---------------------------------------------------------------------------
 
     def complete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                 deadline: float | None = None, **params: Any) -> Response:
+                 deadline: float | None = None, **params: Any) -> Response | Stream:
         """Answer a chat request from the first target of `chain` that can.
 
-        `deadline` (seconds) bounds the whole call, retries and failover included; extra
-        keyword arguments (max_tokens, temperature, ...) pass through to the target.
+        `deadline` (seconds) bounds the whole call, retries and failover included (for a
+        stream: until its first content); extra keyword arguments (max_tokens, temperature,
+        ...) pass through to the target. With `stream=True`, returns a `Stream` of chunks
+        once a target has started answering.
         """
-        return walk_sync(self._walk(messages, chain, deadline, params))
+        walk = self._walk(messages, chain, deadline, params)
+        return stream_sync(walk) if walk.request.stream else walk_sync(walk)
 
     async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                        deadline: float | None = None, **params: Any) -> Response:
+                        deadline: float | None = None, **params: Any) -> Response | AsyncStream:
         """`complete` for asyncio: litellm's async API for remote targets, the local tier in
-        a worker thread. Cancelling the caller cancels the attempt and counts against nothing."""
-        return await walk_async(self._walk(messages, chain, deadline, params))
+        a worker thread. Cancelling the caller cancels the attempt and counts against nothing.
+        With `stream=True`, returns an `AsyncStream` (`async for chunk in await ...`)."""
+        walk = self._walk(messages, chain, deadline, params)
+        return await (stream_async(walk) if walk.request.stream else walk_async(walk))
 
     def _walk(self, messages: Any, chain: str, deadline: float | None, params: dict[str, Any]) -> Walk:
         request = build_request(messages, params)
-        if request.stream:
-            raise InvalidRequest("stream=True is not supported yet")
         return Walk(self, self._chain(chain), request, self._deadline(deadline))
 
     # -- operators -------------------------------------------------------------------------

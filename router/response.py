@@ -128,3 +128,65 @@ def _plain(obj: Any) -> Any:
         return obj
     dump = getattr(obj, "model_dump", None)
     return dump() if dump else dict(vars(obj))
+
+
+@dataclass
+class Delta:
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class ChunkChoice:
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+
+
+@dataclass
+class Chunk:
+    """One OpenAI-style streamed chunk (`chat.completion.chunk`), whichever tier sent it."""
+
+    id: str
+    model: str
+    choices: list[ChunkChoice]
+    created: int = field(default_factory=lambda: int(time.time()))
+    usage: Usage | None = None
+    object: str = "chat.completion.chunk"
+
+    @property
+    def text(self) -> str:
+        return "".join(c.delta.content or "" for c in self.choices)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return next((c.finish_reason for c in self.choices if c.finish_reason), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_openai(cls, data: Any) -> Chunk:
+        get = _getter(data)
+        choices = []
+        for index, choice in enumerate(get("choices") or ()):
+            cget = _getter(choice)
+            delta = _getter(cget("delta") or {})
+            tool_calls = delta("tool_calls")
+            choices.append(ChunkChoice(
+                index=cget("index") if cget("index") is not None else index,
+                delta=Delta(role=delta("role"), content=delta("content"),
+                            tool_calls=[_plain(t) for t in tool_calls] if tool_calls else None),
+                finish_reason=cget("finish_reason"),
+            ))
+        usage = get("usage")
+        uget = _getter(usage) if usage else None
+        return cls(
+            id=get("id") or "",
+            model=get("model") or "",
+            choices=choices,
+            created=get("created") or int(time.time()),
+            usage=Usage(uget("prompt_tokens") or 0, uget("completion_tokens") or 0, uget("total_tokens") or 0)
+            if uget else None,
+        )

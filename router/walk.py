@@ -62,10 +62,16 @@ class Walk:
 
     # -- which targets ---------------------------------------------------------------------
 
-    def targets(self) -> Iterator[TargetConfig]:
-        """The chain's targets that are worth an attempt now; the others are recorded as skipped."""
-        for name in self.chain.targets:
+    def targets(self, after: str | None = None, can_continue: bool = False) -> Iterator[TargetConfig]:
+        """The chain's targets (those `after` one, those that can continue a broken stream)
+        that are worth an attempt now; the others are recorded as skipped."""
+        names = self.chain.targets
+        if after is not None:
+            names = names[names.index(after) + 1:]
+        for name in names:
             config = self.router.config.targets[name]
+            if can_continue and not getattr(self.router._targets.get(name), "continues_streams", False):
+                continue
             skip = self._skip(config)
             if skip is None:
                 yield config
@@ -147,6 +153,13 @@ class Walk:
             raise exc
         return AttemptFailed(failure)
 
+    def released(self, config: TargetConfig, admission: Admission, detail: str) -> None:
+        """The caller abandoned the attempt (closed its stream): neither success nor failure."""
+        self._settle(config)
+        self.router._circuits[config.name].released(admission.ticket)
+        self.route.attempts.append(Attempt(config.name, Outcome.CANCELLED.value,
+                                           latency_s=time.perf_counter() - admission.started, detail=detail))
+
     def _take_wait(self) -> float:
         waited, self._waited = self._waited, 0.0
         return waited
@@ -166,19 +179,19 @@ class Walk:
         if failure.outcome is Outcome.MISCONFIGURED:
             self.router._flag_misconfigured(config, failure, self.detail(failure.message))
         if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
-            self._finish()
+            self.finish()
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
 
     def answer(self, config: TargetConfig, response: Response) -> Response:
         self.route.served_by = config.name
         self.route.degraded = config.degraded
-        self._finish()
+        self.finish()
         response.route = self.route
         return response
 
     def give_up(self) -> Response:
         """The static reply when the chain has one, else `AllTargetsFailed`."""
-        self._finish()
+        self.finish()
         if self.chain.static_reply is not None:
             self.route.served_by = "static"
             self.route.degraded = True
@@ -191,7 +204,7 @@ class Walk:
         text = self.router._redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         self.route.latency_s = time.perf_counter() - self._started
 
 

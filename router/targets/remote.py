@@ -7,6 +7,7 @@ import and, unless told otherwise, downloads a price list while doing so.
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from ..config import TargetConfig
@@ -36,6 +37,8 @@ def litellm_module() -> Any:
 class RemoteTarget:
     """One provider + model reached with `litellm.completion`."""
 
+    continues_streams = False  # providers do not reliably resume from a partial assistant turn
+
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
@@ -52,6 +55,13 @@ class RemoteTarget:
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
         raw = await litellm_module().acompletion(**self._arguments(request, timeout))
         return Response.from_openai(raw)
+
+    def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[Any]:
+        """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
+        return litellm_module().completion(stream=True, **self._arguments(request, timeout))
+
+    async def astream(self, request: Request, *, timeout: float, note: Note) -> AsyncIterator[Any]:
+        return await litellm_module().acompletion(stream=True, **self._arguments(request, timeout))
 
     def _arguments(self, request: Request, timeout: float) -> dict[str, Any]:
         return {"messages": request.messages, "timeout": timeout, **self.config.params, **request.params,
