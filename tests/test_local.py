@@ -105,6 +105,53 @@ def test_target_params_apply_under_request_params(model_path):
     assert 0 < resp.usage.completion_tokens <= 3
 
 
+def test_bad_parameter_values_are_rejected_not_crashes(model_path):
+    t = target(model_path)
+    for bad in ({"temperature": "hot"}, {"seed": "x", "temperature": 0.5}, {"response_format": "json"}):
+        err = failure(lambda: ask(t, "Hi", **bad))
+        assert err.outcome is Outcome.REJECTED and str(err).startswith("local model rejected the request: ")
+    assert ask(t, "Hi", max_tokens=4).text.strip()
+
+
+# -- streaming ------------------------------------------------------------------------------
+
+def chunks_text(chunks) -> str:
+    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+
+def test_stream_yields_the_same_answer_in_chunks(model_path):
+    t = target(model_path)
+    request = build_request([{"role": "user", "content": "What is the capital of France?"}],
+                            {"temperature": 0, "max_tokens": 24})
+    chunks = list(t.stream(request, timeout=FAR, note=lambda _: None))
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == "SmolLM2-135M-Instruct.Q4_1" for c in chunks)
+    assert chunks_text(chunks) == t.complete(request, timeout=FAR, note=lambda _: None).text
+
+
+def test_stream_continues_a_partial_answer(model_path):
+    t = target(model_path)
+    request = build_request([{"role": "user", "content": "Name the planets of the solar system."}],
+                            {"temperature": 0, "max_tokens": 32})
+    full = t.complete(request, timeout=FAR, note=lambda _: None).text
+    cut = full[:full.index(" ", len(full) // 2)]  # before a space: where a token starts
+    rest = chunks_text(t.stream(request, timeout=FAR, note=lambda _: None, partial=cut))
+    assert rest and (cut + rest).startswith(full)  # greedy: the same answer, picked up where it broke
+
+
+def test_stream_past_the_timeout_is_silent_and_closing_frees_the_model(model_path):
+    t = target(model_path, max_tokens=900)
+    request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900})
+    received = []
+    err = failure(lambda: received.extend(t.stream(request, timeout=0.3, note=lambda _: None)))
+    assert err.outcome is Outcome.SILENT and len(received) > 1
+    abandoned = t.stream(request, timeout=FAR, note=lambda _: None)
+    next(abandoned), next(abandoned)
+    abandoned.close()  # gives the one model back
+    assert ask(target(model_path, max_queue=0, max_tokens=900), "Hi", max_tokens=4).text.strip()
+
+
 # -- concurrency ----------------------------------------------------------------------------
 
 def run_at_once(n: int, call) -> list:

@@ -17,6 +17,7 @@ borrow one at a time. llama_cpp is imported on the first load: `import router` s
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 import time
@@ -55,18 +56,47 @@ class LocalTarget:
         _pool_for(self.options, note or (lambda _: None))
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        with self._borrow(request, timeout, note) as (llm, pool, messages, params):
+            result = llm.create_chat_completion(messages=messages, **params)
+        response = Response.from_openai(result)
+        response.model = params["model"]
+        return response
+
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[dict[str, Any]]:
+        """OpenAI-style chunk dicts as the model writes them. The model stays borrowed until
+        the generator ends or is closed: close it when abandoning a stream.
+
+        `partial` is assistant text a target already delivered before it broke: the prompt is
+        rendered with it appended, so the model writes what comes next.
+        """
+        with self._borrow(request, timeout, note, partial) as (llm, pool, messages, params):
+            chunks = (pool.continue_chunks(llm, messages, partial, params) if partial
+                      else llm.create_chat_completion(messages=messages, stream=True, **params))
+            try:
+                for chunk in chunks:
+                    if llm.timed_out:  # the clock ended it, not the model: no clean finish
+                        break
+                    yield chunk
+            finally:
+                chunks.close()  # before the model goes back to the pool
+
+    @contextmanager
+    def _borrow(self, request: Request, timeout: float, note: Note, partial: str = "") -> Iterator[tuple]:
+        """A model for one call with the messages fitted to its context and the deadline
+        armed; llama.cpp's own errors and a spent deadline come out as `TargetFailure`."""
         deadline = time.monotonic() + timeout  # queueing and generating share one budget
         opts = self.options
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
-        params, max_tokens = _params(self.config, request)
+        params = _params(self.config, request)
         with pool.slot(max_queue=opts.max_queue, deadline=deadline) as llm:
-            messages = pool.fit(llm, messages, max_tokens, opts.context_policy, note)
+            # a partial answer is fitted as a last turn, so that its tokens are counted too
+            tail = [{"role": "assistant", "content": partial}] if partial else []
+            fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
             llm.stop_at, llm.timed_out = deadline, False
             try:
-                result = llm.create_chat_completion(messages=messages, max_tokens=max_tokens,
-                                                    model=self.config.model, **params)
-            except (ValueError, TypeError) as exc:  # bad parameter values, template refusals
+                yield llm, pool, fitted[:len(fitted) - len(tail)], params
+            except (ValueError, TypeError, ctypes.ArgumentError) as exc:  # bad parameter values
                 if "exceed context window" in str(exc):
                     raise TargetFailure(Outcome.CONTEXT_TOO_LONG, f"local model: {exc}") from exc
                 raise TargetFailure(Outcome.REJECTED, f"local model rejected the request: {exc}") from exc
@@ -74,9 +104,6 @@ class LocalTarget:
                 llm.stop_at = None
             if llm.timed_out:
                 raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {timeout:g} s")
-        response = Response.from_openai(result)
-        response.model = self.config.model or Path(opts.model_path).stem
-        return response
 
     def __repr__(self) -> str:
         return f"LocalTarget({self.config.name!r}, model_path={self.options.model_path!r})"
@@ -168,6 +195,22 @@ class _ModelPool:
                 lo = mid + 1
         note(f"dropped {hi} oldest messages to fit n_ctx={n_ctx}")
         return without_oldest(hi)
+
+    def continue_chunks(self, llm: Any, messages: list[dict[str, Any]], partial: str,
+                        params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Chat chunks continuing `partial`: the template's prompt for `messages` (which
+        ends by opening the assistant turn) followed by the text already sent."""
+        if self._formatter is None:
+            raise TargetFailure(Outcome.REJECTED, "cannot continue a partial answer without the GGUF's chat template")
+        from llama_cpp.llama_chat_format import _convert_text_completion_chunks_to_chat
+
+        rendered = self._formatter(messages=messages)
+        tokens = llm.tokenize((rendered.prompt + partial).encode("utf-8"), add_bos=False, special=True)
+        kwargs = {k: v for k, v in params.items() if k not in ("response_format", "stop")}  # no grammar mid-answer
+        stop = params.get("stop") or []
+        stop = ([stop] if isinstance(stop, str) else list(stop)) + list(rendered.stop or [])
+        return _convert_text_completion_chunks_to_chat(llm.create_completion(
+            prompt=tokens, stream=True, stop=stop, **kwargs))
 
     def count(self, llm: Any, messages: list[dict[str, Any]]) -> int:
         """Prompt tokens: exact when the GGUF's template renders them, else an estimate."""
@@ -288,14 +331,14 @@ def _plain_messages(messages: list[dict[str, Any]], note: Note) -> list[dict[str
     return plain
 
 
-def _params(config: TargetConfig, request: Request) -> tuple[dict[str, Any], int]:
-    """Target defaults under the caller's values, filtered; and max_tokens, capped."""
+def _params(config: TargetConfig, request: Request) -> dict[str, Any]:
+    """Target defaults under the caller's values, filtered; max_tokens capped; the model name."""
     merged = {**config.params, **request.params}
-    cap = config.local.max_tokens if config.local else 512
+    cap = config.local.max_tokens
     asked = merged.get("max_tokens") or merged.get("max_completion_tokens") or cap
     params = {k: v for k, v in merged.items() if k in _PASSED_PARAMS}
     fmt = params.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":  # OpenAI's shape -> llama-cpp-python's
         schema = (fmt.get("json_schema") or {}).get("schema")
         params["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
-    return params, min(int(asked), cap)
+    return {**params, "max_tokens": min(int(asked), cap), "model": config.model}
