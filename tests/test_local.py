@@ -79,6 +79,20 @@ def test_load_is_noted_once(model_path):
     assert second == []
 
 
+def test_concurrent_first_calls_load_once_and_preload_loads_now(model_path):
+    notes: list[str] = []
+    results = run_at_once(4, lambda i: ask(target(model_path, n_ctx=704, max_queue=4), "Hi", notes=notes, max_tokens=4))
+    assert all(not isinstance(r, TargetFailure) for r in results)
+    assert [n for n in notes if n.startswith("loaded ")] == [notes[0]] and len(notes) == 1
+    preloaded: list[str] = []
+    t = target(model_path, n_ctx=832)
+    t.preload(preloaded.append)
+    assert len(preloaded) == 1 and preloaded[0].startswith("loaded ")
+    later: list[str] = []
+    ask(t, "Hi", notes=later, max_tokens=4)
+    assert later == []
+
+
 def test_list_content_parts_are_joined(model_path):
     notes = []
     parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"},
@@ -226,6 +240,26 @@ def test_pool_bookkeeping_under_contention():
     assert all(r.outcome is Outcome.NO_CAPACITY for r in refused)
     assert peak["held"] <= 2 and peak["waiting"] <= 3
     assert len(pool._free) == 2 and not pool._waiters
+
+
+def test_pool_serves_waiters_in_arrival_order():
+    pool = _ModelPool([object()], formatter=None)
+    order: list[int] = []
+
+    def waiter(i: int) -> None:
+        with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+            order.append(i)
+
+    with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+        threads = []
+        for i in range(4):
+            threads.append(threading.Thread(target=waiter, args=(i,)))
+            threads[-1].start()
+            while len(pool._waiters) < i + 1:  # queued before the next one arrives
+                time.sleep(0.001)
+    for th in threads:
+        th.join(FAR)
+    assert order == [0, 1, 2, 3]
 
 
 def test_pool_wait_gives_up_at_the_timeout():
