@@ -150,3 +150,27 @@ def test_cli_exit_codes(tmp_path, server):
     out = subprocess.run([sys.executable, "-m", "router.cli", "check-config", str(failing)],
                          capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and "default: a (openai/down)" in out.stdout
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
+def test_a_cut_stream_continues_on_the_local_model(server, make_router, model_path, api):
+    import asyncio
+
+    server.script("p", faults.stream("The capital of France is Paris, a city on the Seine.", cut_after=4))
+    router = make_router({"primary": remote_one_try(server), "local": local_target(model_path)})
+    if api == "sync":
+        stream = router.complete(HI, stream=True, max_tokens=12, temperature=0)
+        chunks = list(stream)
+    else:
+        async def run():
+            stream = await router.acomplete(HI, stream=True, max_tokens=12, temperature=0)
+            return stream, [c async for c in stream]
+        stream, chunks = asyncio.run(run())
+    text = "".join(c.text for c in chunks)
+    assert text.startswith("The capital of France ") and len(text) > len("The capital of France ")
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.role) == 1  # one coherent answer
+    assert len({c.id for c in chunks}) == 1 and chunks[-1].finish_reason in ("stop", "length")
+    route = stream.route
+    assert [(a.target, a.outcome) for a in route.attempts] == [("primary", "transient"), ("local", "ok")]
+    assert route.served_by == "local" and route.degraded
+    assert any("continued the stream after primary" in n for n in route.notes)

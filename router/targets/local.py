@@ -44,6 +44,8 @@ _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template 
 class LocalTarget:
     """One `provider: llama_cpp` target. Instances with the same model settings share a pool."""
 
+    continues_streams = True  # stream(partial=...) picks up a broken stream where it stopped
+
     def __init__(self, config: TargetConfig) -> None:
         if config.local is None:
             raise ValueError(f"target {config.name!r} is not a llama_cpp target")
