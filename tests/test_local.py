@@ -158,8 +158,11 @@ def test_stream_past_the_timeout_is_silent_and_closing_frees_the_model(model_pat
     t = target(model_path, max_tokens=900)
     request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900})
     received = []
-    err = failure(lambda: received.extend(t.stream(request, timeout=0.3, note=lambda _: None)))
-    assert err.outcome is Outcome.SILENT and len(received) > 1
+    started = time.monotonic()
+    err = failure(lambda: received.extend(t.stream(request, timeout=1.0, note=lambda _: None)))
+    assert time.monotonic() - started < 4.0
+    assert err.outcome is Outcome.SILENT and len(received) > 1  # chunks, then the failure: no clean finish
+    assert all(c["choices"][0]["finish_reason"] is None for c in received)
     abandoned = t.stream(request, timeout=FAR, note=lambda _: None)
     next(abandoned), next(abandoned)
     abandoned.close()  # gives the one model back
@@ -267,7 +270,7 @@ def test_pool_wait_gives_up_at_the_timeout():
     with pool.slot(max_queue=1, deadline=time.monotonic() + FAR):
         started = time.monotonic()
         err = failure(lambda: pool._acquire(1, time.monotonic() + 0.2))
-        assert 0.15 < time.monotonic() - started < 1.0
+        assert 0.15 < time.monotonic() - started < 2.0
     assert err.outcome is Outcome.NO_CAPACITY and "within the timeout" in str(err)
     with pool.slot(max_queue=0, deadline=time.monotonic() + FAR):  # free again, and nothing leaked
         assert not pool._waiters
@@ -317,10 +320,10 @@ def test_max_tokens_alone_can_overflow(model_path):
 
 def test_generation_past_the_timeout_is_silent(model_path):
     t = target(model_path, max_tokens=1000)
-    started = time.monotonic()
-    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.3, max_tokens=900))
-    assert time.monotonic() - started < 1.5
-    assert err.outcome is Outcome.SILENT and str(err) == "local model exceeded its timeout of 0.3 s"
+    started = time.monotonic()  # 900 tokens take ~9 s at the ~100 tokens/s of 2 idle cores
+    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.5, max_tokens=900))
+    assert time.monotonic() - started < 3.0  # slack for a busy machine, still far from finishing
+    assert err.outcome is Outcome.SILENT and str(err) == "local model exceeded its timeout of 0.5 s"
     assert ask(t, "Hi", max_tokens=4).text.strip()  # the model is fine afterwards
 
 

@@ -17,6 +17,7 @@ borrow one at a time. llama_cpp is imported on the first load: `import router` s
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import threading
@@ -156,6 +157,13 @@ class _ModelPool:
                 self._waiters.remove(ticket)
                 self._cond.notify_all()  # the next waiter may now be first in line
 
+    def close(self) -> None:
+        """Free the models not in use (at exit: a model still generating is left alone)."""
+        with self._cond:
+            for llm in self._free:
+                llm.close()
+            self._free.clear()
+
     def _load(self, max_queue: int) -> str:
         return (f"{self.size - len(self._free)} running, {len(self._waiters)} waiting "
                 f"(pool_size={self.size}, max_queue={max_queue})")
@@ -233,6 +241,15 @@ class _ModelPool:
 _POOLS: dict[tuple[Any, ...], _ModelPool] = {}
 _LOADING: dict[tuple[Any, ...], threading.Lock] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Free cached models before the interpreter tears modules down, when llama_cpp's own
+    `Llama.__del__` can no longer run cleanly and prints a traceback instead."""
+    for pool in list(_POOLS.values()):
+        pool.close()
+    _POOLS.clear()
 
 
 def _pool_for(opts: LocalOptions, note: Note) -> _ModelPool:
