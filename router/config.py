@@ -60,7 +60,7 @@ class LocalOptions:
     n_ctx: int = field(default=2048, metadata=_at_least(16))
     n_threads: int | None = field(default=None, metadata=_at_least(1))
     chat_format: str | None = None  # None: the template stored in the GGUF
-    max_tokens: int = field(default=512, metadata=_at_least(1))  # cap on any request's max_tokens
+    max_tokens: int | None = field(default=None, metadata=_at_least(1))  # cap; default min(512, n_ctx // 2)
     preload: bool = False
     pool_size: int = field(default=1, metadata=_at_least(1))
     max_queue: int = field(default=16, metadata=_at_least(0))
@@ -231,6 +231,11 @@ class _Loader:
             if "model_path" not in local_raw:
                 raise self.error(f"{path}.model_path", "missing; a llama_cpp target needs the path of a GGUF file")
             local = self.build(LocalOptions, local_raw, path)
+            if local.max_tokens is None:
+                local = replace(local, max_tokens=min(512, local.n_ctx // 2))
+            elif local.max_tokens >= local.n_ctx:
+                raise self.error(f"{path}.max_tokens", f"max_tokens ({local.max_tokens}) must be below n_ctx "
+                                                       f"({local.n_ctx}), or no prompt fits beside it")
             model_path = Path(os.path.expanduser(local.model_path))
             local = replace(local, model_path=str(model_path if model_path.is_absolute()
                                                   else self.base_dir / model_path))

@@ -129,6 +129,8 @@ BAD = [
      "targets.l.n_ctx", ">= 16"),
     ("targets:\n  l: {provider: llama_cpp, model_path: m.gguf, context_policy: squash}\n"
      "chains: {default: [l]}\n", "targets.l.context_policy", "expected one of truncate, reject"),
+    ("targets:\n  l: {provider: llama_cpp, model_path: m.gguf, n_ctx: 512, max_tokens: 512}\n"
+     "chains: {default: [l]}\n", "targets.l.max_tokens", "must be below n_ctx"),
     ("targets:\n  a: {model: openai/m, n_ctx: 512}\nchains: {default: [a]}\n", "targets.a.n_ctx",
      "unknown key"),
     ("targets:\n  a: {model: openai/m, degraded: 'yes'}\nchains: {default: [a]}\n", "targets.a.degraded",

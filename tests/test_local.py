@@ -310,10 +310,13 @@ def test_one_huge_message_does_not_fit_even_truncated(model_path):
                     r"all 1 older messages\)", str(err))
 
 
-def test_max_tokens_alone_can_overflow(model_path):
-    t = target(model_path, n_ctx=256, max_tokens=1024)
-    err = failure(lambda: ask(t, "Hi", max_tokens=300))
-    assert err.outcome is Outcome.CONTEXT_TOO_LONG and "max_tokens 300 exceeds n_ctx 256" in str(err)
+def test_max_tokens_cap_defaults_below_n_ctx(model_path):
+    """A cap at or above n_ctx would leave no room for any prompt: the config refuses it,
+    and the default cap is half the context."""
+    t = target(model_path, n_ctx=256)
+    assert t.options.max_tokens == 128
+    answer = ask(t, "Hi", max_tokens=300)
+    assert 0 < answer.usage.completion_tokens <= 128
 
 
 # -- timeouts -------------------------------------------------------------------------------
