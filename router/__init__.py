@@ -15,12 +15,13 @@ from typing import Any
 from . import errors
 from .core import Router, default_router
 from .errors import AllTargetsFailed, ConfigError, InvalidRequest, StreamInterrupted
+from .events import Event, LoggingListener
 from .response import Attempt, Chunk, Response, Route
 from .streaming import AsyncStream, Stream
 
 __all__ = [
     "Router", "Response", "Route", "Attempt", "Chunk", "Stream", "AsyncStream", "complete", "acomplete", "status",
-    "errors",
+    "Event", "LoggingListener", "errors",
     "ConfigError", "AllTargetsFailed", "InvalidRequest", "StreamInterrupted",
 ]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -57,9 +58,11 @@ class Circuit:
     """The circuit of one target."""
 
     def __init__(self, target: str, policy: BreakerPolicy,
-                 storage: pybreaker.CircuitBreakerStorage | None = None) -> None:
+                 storage: pybreaker.CircuitBreakerStorage | None = None,
+                 on_change: Callable[[str, str, str], Any] | None = None) -> None:
         self.target = target
         self.policy = policy
+        self._on_change = on_change
         self._storage = storage or pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self._lock = threading.Lock()
         self._probes = 0
@@ -160,10 +163,12 @@ class Circuit:
             self._probes -= 1
         return current
 
-    def _state_changed(self) -> None:
+    def _state_changed(self, old: str, new: str) -> None:
         # called by pybreaker with our lock held (every transition happens inside it)
         self._generation += 1
         self._probes = 0
+        if self._on_change is not None and old != new:
+            self._on_change(self.target, old, new)
 
 
 class _GenerationCounter(pybreaker.CircuitBreakerListener):
@@ -171,4 +176,5 @@ class _GenerationCounter(pybreaker.CircuitBreakerListener):
         self._circuit = circuit
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self._circuit._state_changed()
+        old = _STATE_NAMES.get(getattr(old_state, "name", ""), str(old_state))
+        self._circuit._state_changed(old, _STATE_NAMES[new_state.name])

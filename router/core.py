@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from .breaker import Circuit
 from .bulkhead import Bulkhead
 from .config import ChainConfig, RouterConfig, TargetConfig, config_from_dict, load_config
 from .errors import InvalidRequest
+from .events import Events, Listener
 from .outcomes import Failure
 from .redact import Redactor
 from .request import build_request
@@ -31,17 +32,20 @@ log = logging.getLogger("router")
 class Router:
     """Routes chat completions down configured chains of targets.
 
-    `sleep` / `async_sleep` replace the backoff waits (tests pass a recorder, or a no-op
-    to turn waits off).
+    `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
+    backoff waits (tests pass a recorder, or a no-op to turn waits off).
     """
 
-    def __init__(self, config: RouterConfig, *, sleep: Callable[[float], Any] = time.sleep,
+    def __init__(self, config: RouterConfig, *, listeners: Iterable[Listener] = (),
+                 sleep: Callable[[float], Any] = time.sleep,
                  async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
+        self._events = Events(listeners)
         self._targets: dict[str, Target] = {}
-        self._circuits = {name: Circuit(name, target.breaker) for name, target in config.targets.items()}
+        self._circuits = {name: Circuit(name, target.breaker, on_change=self._circuit_changed)
+                          for name, target in config.targets.items()}
         self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
                            for name, target in config.targets.items()}
         for name, target in config.targets.items():
@@ -113,6 +117,18 @@ class Router:
         self._misconfigured.pop(target, None)
 
     reset = force_close
+
+    def add_listener(self, listener: Listener) -> None:
+        """Also tell `listener` every event from now on."""
+        self._events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        self._events.remove(listener)
+
+    def _circuit_changed(self, target: str, old: str, new: str) -> None:
+        level = logging.WARNING if new == "open" else logging.INFO
+        log.log(level, "router: circuit of %r is now %s (was %s)", target, new, old)
+        self._events.emit("circuit", target=target, old_state=old, new_state=new)
 
     # -- helpers -------------------------------------------------------------------------
 

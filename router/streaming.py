@@ -181,7 +181,7 @@ class _StreamCore:
             raise TargetFailure(Outcome.TRANSIENT, "the stream ended without a finish_reason (truncated)")
         assert self.opened is not None
         self.walk.succeeded(self.opened.config, self.opened.admission)
-        self.walk.finish()
+        self.walk.finish("ok")
         self.opened = None
 
     def broke(self, exc: BaseException) -> list[TargetConfig]:
@@ -197,7 +197,7 @@ class _StreamCore:
         return list(self.walk.targets(after=broken.name, can_continue=True))
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
-        self.walk.finish()
+        self.walk.finish("failed")
         text = self.text
         return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
                                  f"target could continue it: {self.walk.detail(str(exc) or type(exc).__name__)}",
@@ -209,7 +209,7 @@ class _StreamCore:
             self.walk.released(self.opened.config, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
             self.opened = None
-            self.walk.finish()
+            self.walk.finish("cancelled")
 
 
 class Stream:

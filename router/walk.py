@@ -59,6 +59,7 @@ class Walk:
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
+        self._events = router._events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ class Walk:
             if skip is None:
                 yield config
             else:
-                self.route.attempts.append(Attempt(name, skip[0].value, detail=skip[1]))
+                self._record(Attempt(name, skip[0].value, detail=skip[1]))
 
     def _skip(self, config: TargetConfig) -> tuple[Outcome, str] | None:
         if config.disabled:
@@ -95,6 +96,9 @@ class Walk:
     def retrying(self, config: TargetConfig, cls: type[tenacity.BaseRetrying], sleep: Any) -> Any:
         def before_sleep(retry_state: tenacity.RetryCallState) -> None:
             self._waited = retry_state.upcoming_sleep
+            if self._events.active:
+                self._events.emit("retry", target=config.name, chain=self.chain.name, wait_s=self._waited,
+                                  outcome=self.route.attempts[-1].outcome)
 
         return retrying(config.retry, self.deadline, cls=cls, refused=self.router._circuits[config.name].is_open,
                         sleep=sleep, before_sleep=before_sleep)
@@ -109,8 +113,8 @@ class Walk:
             bulkhead = self.router._bulkheads[config.name]
             message = (f"{bulkhead.in_flight} calls in flight (max_concurrency={bulkhead.limit}, "
                        f"queue_timeout={bulkhead.queue_timeout:g} s)")
-            self.route.attempts.append(Attempt(config.name, Outcome.NO_CAPACITY.value, detail=message,
-                                               waited_s=self._take_wait()))
+            self._record(Attempt(config.name, Outcome.NO_CAPACITY.value, detail=message,
+                                 waited_s=self._take_wait()))
             raise AttemptFailed(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
         try:
             ticket = self.router._circuits[config.name].admit()
@@ -128,9 +132,8 @@ class Walk:
     def succeeded(self, config: TargetConfig, admission: Admission) -> None:
         self._settle(config)
         self.router._circuits[config.name].succeeded(admission.ticket)
-        self.route.attempts.append(Attempt(config.name, Outcome.OK.value,
-                                           latency_s=time.perf_counter() - admission.started,
-                                           waited_s=self._take_wait()))
+        self._record(Attempt(config.name, Outcome.OK.value,
+                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
 
     def failed(self, config: TargetConfig, admission: Admission, exc: BaseException) -> AttemptFailed:
         """Classify, settle the circuit, record; the caller raises what this returns.
@@ -147,8 +150,8 @@ class Walk:
             circuit.failed(admission.ticket)
         else:
             circuit.released(admission.ticket)
-        self.route.attempts.append(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
-                                           latency, self._take_wait(), self.detail(failure.message)))
+        self._record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
+                             latency, self._take_wait(), self.detail(failure.message)))
         if failure.outcome is Outcome.CANCELLED:
             raise exc
         return AttemptFailed(failure)
@@ -157,8 +160,8 @@ class Walk:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
         self._settle(config)
         self.router._circuits[config.name].released(admission.ticket)
-        self.route.attempts.append(Attempt(config.name, Outcome.CANCELLED.value,
-                                           latency_s=time.perf_counter() - admission.started, detail=detail))
+        self._record(Attempt(config.name, Outcome.CANCELLED.value,
+                             latency_s=time.perf_counter() - admission.started, detail=detail))
 
     def _take_wait(self) -> float:
         waited, self._waited = self._waited, 0.0
@@ -169,8 +172,10 @@ class Walk:
     def target_failed(self, config: TargetConfig, exc: CircuitOpen | AttemptFailed) -> None:
         """Note why a target gave up; raise when the outcome must not fail over."""
         if isinstance(exc, CircuitOpen):
-            self.route.attempts.append(Attempt(config.name, Outcome.CIRCUIT_OPEN.value, detail=str(exc),
-                                               waited_s=self._take_wait()))
+            self._record(Attempt(config.name, Outcome.CIRCUIT_OPEN.value, detail=str(exc),
+                                 waited_s=self._take_wait()))
+            self._events.emit("failover", target=config.name, chain=self.chain.name,
+                              outcome=Outcome.CIRCUIT_OPEN.value)
             return
         failure = exc.failure
         self.errors[config.name] = failure.error
@@ -179,24 +184,26 @@ class Walk:
         if failure.outcome is Outcome.MISCONFIGURED:
             self.router._flag_misconfigured(config, failure, self.detail(failure.message))
         if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
-            self.finish()
+            self.finish("failed")
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
+        self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
 
     def answer(self, config: TargetConfig, response: Response) -> Response:
         self.route.served_by = config.name
         self.route.degraded = config.degraded
-        self.finish()
+        self.finish("ok")
         response.route = self.route
         return response
 
     def give_up(self) -> Response:
         """The static reply when the chain has one, else `AllTargetsFailed`."""
-        self.finish()
         if self.chain.static_reply is not None:
             self.route.served_by = "static"
             self.route.degraded = True
+            self.finish("static")
             return Response(id="static", model="static", usage=Usage(), route=self.route,
                             choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
+        self.finish("failed")
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
@@ -204,8 +211,21 @@ class Walk:
         text = self.router._redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
-    def finish(self) -> None:
+    def finish(self, outcome: str) -> None:
+        """The call is over: "ok", "static" or "failed"."""
         self.route.latency_s = time.perf_counter() - self._started
+        if self._events.active:
+            if self.route.degraded and outcome != "failed":
+                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name)
+            self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
+                              served_by=self.route.served_by if outcome != "failed" else None)
+
+    def _record(self, attempt: Attempt) -> None:
+        self.route.attempts.append(attempt)
+        if self._events.active:
+            self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,
+                              status=attempt.status, error=attempt.error, latency_s=attempt.latency_s,
+                              wait_s=attempt.waited_s or None, detail=attempt.detail)
 
 
 def walk_sync(walk: Walk) -> Response:

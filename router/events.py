@@ -1,0 +1,116 @@
+"""What happens inside a call, told to listeners: for logs, metrics and the person on call.
+
+A listener is any callable taking an `Event`. Listeners belong to one Router (never
+global), several may be registered, and a listener that raises is logged once and
+otherwise ignored: observing a call must never break it. With no listener registered,
+no event object is even built.
+
+Events, by `name`, and the fields each sets:
+  attempt           target, chain, outcome, status, error, latency_s, wait_s, detail (every try and skip)
+  retry             target, chain, outcome (that caused it), wait_s (the backoff about to be slept)
+  failover          target (left behind), chain, outcome (why)
+  circuit           target, old_state, new_state
+  budget_exhausted  target, chain (a retry the retry budget refused)
+  degraded          target, chain (a degraded target answered)
+  call              chain, served_by, outcome ("ok", "static" or "failed"), latency_s (the whole call)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+log = logging.getLogger("router")
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    target: str | None = None
+    chain: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    error: str | None = None
+    latency_s: float | None = None
+    wait_s: float | None = None
+    old_state: str | None = None
+    new_state: str | None = None
+    served_by: str | None = None
+    detail: str | None = None
+    time: float = field(default_factory=time.time)
+
+    def fields(self) -> dict[str, Any]:
+        """The fields that are set, in a stable order (`time` last)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+Listener = Callable[[Event], Any]
+
+
+class Events:
+    """The listeners of one Router."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self._listeners: list[Listener] = list(listeners)
+        self._complained: set[int] = set()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._listeners)
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def emit(self, name: str, **values: Any) -> None:
+        if not self._listeners:
+            return
+        event = Event(name, **values)
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a broken listener must not break a call
+                if id(listener) not in self._complained:
+                    self._complained.add(id(listener))
+                    log.warning("router: event listener %r raised; it is ignored from now on for its errors",
+                                listener, exc_info=True)
+
+
+class LoggingListener:
+    """One log line per event on the standard `logging` module (logger "router.events").
+
+    Text lines read `event=attempt target=primary outcome=transient status=503 ...`;
+    `json=True` writes one JSON object per line with the same field names. Event fields
+    hold no secrets: provider messages are redacted before they become a `detail`.
+    """
+
+    def __init__(self, *, json: bool = False, logger: str | logging.Logger = "router.events",
+                 level: int = logging.INFO) -> None:
+        self.json = json
+        self.logger = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger)
+        self.level = level
+
+    def __call__(self, event: Event) -> None:
+        if not self.logger.isEnabledFor(self.level):
+            return
+        data = event.fields()
+        data = {"event": data.pop("name"), **data}
+        if self.json:
+            line = json.dumps(data, separators=(",", ":"))
+        else:
+            data.pop("time")
+            line = " ".join(f"{key}={_text(value)}" for key, value in data.items())
+        self.logger.log(self.level, line)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") or "0"
+    text = str(value)
+    return json.dumps(text) if (" " in text or "=" in text or '"' in text or not text) else text
