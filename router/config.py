@@ -111,17 +111,26 @@ class StateConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    """Listeners the config switches on (code can add its own with `listeners=`)."""
+
+    log: str = field(default="off", metadata={"choices": ("off", "text", "json")})  # a line per event
+    metrics: bool = False  # Prometheus metrics on the default registry (the `metrics` extra)
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     targets: Mapping[str, TargetConfig]
     chains: Mapping[str, ChainConfig]
     deadline: float = 90.0
     state: StateConfig = StateConfig()
     offline: bool = False
+    events: EventsConfig = EventsConfig()
     source: str = "<dict>"
 
 
 PROVIDERS = ("litellm", "llama_cpp")
-_TOP_KEYS = ("defaults", "targets", "chains", "state", "offline")
+_TOP_KEYS = ("defaults", "targets", "chains", "state", "offline", "events")
 # Scalar target settings that `defaults` may set for every target: (type, minimum, > 0).
 _LIMITS: dict[str, tuple[type, float, bool]] = {
     "timeout": (float, 0, True),
@@ -201,8 +210,9 @@ class _Loader:
 
         state = self.build(StateConfig, self.resolved(top.get("state", {}), "state"), "state", StateConfig())
         self.check_state(state)
+        events = self.build(EventsConfig, top.get("events", {}), "events", EventsConfig())
         return RouterConfig(targets=targets, chains=chains, deadline=deadline, state=state,
-                            offline=offline, source=self.file)
+                            offline=offline, events=events, source=self.file)
 
     # -- sections ---------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from .breaker import Circuit
 from .bulkhead import Bulkhead
 from .config import ChainConfig, RouterConfig, TargetConfig, config_from_dict, load_config
 from .errors import InvalidRequest
-from .events import Events, Listener
+from .events import Events, Listener, LoggingListener
 from .outcomes import Failure
 from .redact import Redactor
 from .request import build_request
@@ -42,7 +42,7 @@ class Router:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
-        self._events = Events(listeners)
+        self._events = Events([*_configured_listeners(config), *listeners])
         self._targets: dict[str, Target] = {}
         self._circuits = {name: Circuit(name, target.breaker, on_change=self._circuit_changed)
                           for name, target in config.targets.items()}
@@ -162,6 +162,17 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router(source={self.config.source!r}, chains={list(self.config.chains)})"
+
+
+def _configured_listeners(config: RouterConfig) -> list[Listener]:
+    listeners: list[Listener] = []
+    if config.events.log != "off":
+        listeners.append(LoggingListener(json=config.events.log == "json"))
+    if config.events.metrics:
+        from .metrics import PrometheusListener
+
+        listeners.append(PrometheusListener())
+    return listeners
 
 
 # -- the module-level default router ---------------------------------------------------
