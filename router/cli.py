@@ -1,6 +1,7 @@
-"""`router` on the command line: ask a chain, inspect circuits, validate a config, fetch a model.
+"""`router` on the command line: ask a chain, inspect and steer circuits, validate a config,
+fetch a model.
 
-Exit codes: 0 answered / valid, 1 no target answered, 2 bad usage or config.
+Exit codes: 0 answered / valid / done, 1 no target answered, 2 bad usage or config.
 """
 
 from __future__ import annotations
@@ -56,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
 
+    for verb, what in (("open", "take a target out of rotation (shared through Redis state)"),
+                       ("close", "put a target back into rotation (shared through Redis state)")):
+        control = commands.add_parser(verb, help=what)
+        control.add_argument("target")
+        _config_option(control)
+        control.add_argument("--json", action="store_true")
+        control.set_defaults(run=_control, verb=verb)
+
     check = commands.add_parser("check-config", help="validate a config and print each chain")
     check.add_argument("file", nargs="?", default=None)
     check.add_argument("--json", action="store_true")
@@ -94,16 +103,41 @@ def _complete(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from .core import Router
 
-    report = Router.from_yaml(args.config).status()
+    router = Router.from_yaml(args.config)
+    report = router.status()
+    shared = router.config.state.backend != "memory"
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({"shared": shared, "targets": report}, indent=2))
         return EXIT_OK
-    rows = [("target", "state", "failures", "note")]
+    rows = [("target", "state", "failures", "half-open in", "retry budget", "note")]
     for name, info in report.items():
-        note = info.get("disabled") or info.get("misconfigured") or (
-            f"probe in {info['retry_in_s']:.0f} s" if "retry_in_s" in info else "")
-        rows.append((name, info["state"], str(info["failures"]), note))
+        budget = info.get("retry_budget")
+        rows.append((name, info["state"], str(info["failures"]),
+                     f"{info['retry_in_s']:.0f} s" if "retry_in_s" in info else "",
+                     f"{budget:.1f}" if isinstance(budget, (int, float)) else "",
+                     info.get("disabled") or info.get("misconfigured") or ""))
     _print_table(rows)
+    if not shared:
+        print("(state.backend is memory: this is a fresh process's view; running routers keep their own)",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace) -> int:
+    from .core import Router
+
+    router = Router.from_yaml(args.config)
+    if args.target not in router.config.targets:
+        print(f"router: unknown target {args.target!r}; configured: {', '.join(router.config.targets)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if router.config.state.backend == "memory":
+        print("router: open/close change shared state; with state.backend: memory each process keeps its "
+              "own circuits, so there is nothing to change from here (use redis)", file=sys.stderr)
+        return EXIT_USAGE
+    (router.force_open if args.verb == "open" else router.force_close)(args.target)
+    info = router.status()[args.target]
+    print(json.dumps({"target": args.target, **info}) if args.json else f"{args.target}: {info['state']}")
     return EXIT_OK
 
 
