@@ -23,15 +23,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import tenacity
-
 from .breaker import CircuitOpen
 from .config import TargetConfig
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
 from .response import Chunk, ChunkChoice, Delta, Route
 from .retry import AttemptFailed, Deadline
-from .walk import Admission, Walk
+from .walk import Admission, Walk, with_retries, with_retries_async
 
 _END = object()
 
@@ -359,7 +357,7 @@ def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
             return _Opened(config, admission, source, prelude)
 
         try:
-            return walk.retrying(config, tenacity.Retrying, walk.router._sleep)(attempt)
+            return with_retries(walk, config, attempt)
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
     return None
@@ -387,7 +385,7 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
             return _Opened(config, admission, source, prelude)
 
         try:
-            return await walk.retrying(config, tenacity.AsyncRetrying, walk.router._async_sleep)(attempt)
+            return await with_retries_async(walk, config, attempt)
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
     return None

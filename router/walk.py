@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("router")
 
 _DETAIL_LIMIT = 500
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,17 @@ class Walk:
                         sleep=sleep, before_sleep=before_sleep)
 
     def budget(self, config: TargetConfig) -> float:
-        """The next attempt's timeout: the target's, cut to what the deadline leaves."""
-        return min(config.timeout, self.deadline.remaining())
+        """The next attempt's timeout: the target's, cut to what the deadline leaves.
+
+        A cut timeout is rounded down (whole seconds, tenths below 1 s): litellm caches one
+        HTTP client per distinct timeout, and an exact float would make a new one per call.
+        """
+        remaining = self.deadline.remaining()
+        if remaining >= config.timeout:
+            return config.timeout
+        if remaining > 1.0:
+            return float(int(remaining))
+        return int(remaining * 10) / 10 if remaining > 0.1 else remaining
 
     def begin(self, config: TargetConfig, slot: bool) -> Admission:
         """Admit one attempt once the caller has tried for a bulkhead `slot`."""
@@ -244,7 +254,7 @@ def walk_sync(walk: Walk) -> Response:
             return response
 
         try:
-            response = walk.retrying(config, tenacity.Retrying, walk.router._sleep)(attempt)
+            response = with_retries(walk, config, attempt)
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
             continue
@@ -268,12 +278,45 @@ async def walk_async(walk: Walk) -> Response:
             return response
 
         try:
-            response = await walk.retrying(config, tenacity.AsyncRetrying, walk.router._async_sleep)(attempt)
+            response = await with_retries_async(walk, config, attempt)
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
             continue
         return walk.answer(config, response)
     return walk.give_up()
+
+
+def with_retries(walk: Walk, config: TargetConfig, attempt: Callable[[], T]) -> T:
+    """`attempt()`, then tenacity's loop only if it failed: the first try, which usually
+    succeeds, pays nothing for the retry machinery. The loop starts by replaying that
+    first failure, so its waits and stops are exactly those of a loop from the start."""
+    try:
+        return attempt()
+    except AttemptFailed as first:
+        return walk.retrying(config, tenacity.Retrying, walk.router._sleep)(_replaying(first, attempt))
+
+
+async def with_retries_async(walk: Walk, config: TargetConfig, attempt: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await attempt()
+    except AttemptFailed as first:
+        replay = _replaying(first, attempt)
+
+        async def again() -> T:
+            return await replay()
+
+        return await walk.retrying(config, tenacity.AsyncRetrying, walk.router._async_sleep)(again)
+
+
+def _replaying(first: AttemptFailed, attempt: Callable[[], Any]) -> Callable[[], Any]:
+    pending: list[AttemptFailed] = [first]
+
+    def replay() -> Any:
+        if pending:
+            raise pending.pop()
+        return attempt()
+
+    return replay
 
 
 async def _acomplete(target: Any, request: Request, timeout: float, note: Any) -> Response:
