@@ -7,17 +7,14 @@ stays invisible). Errors before that are raised by `complete(stream=True)` itsel
 circuit hears about the attempt when the stream ends: success when it finished with a
 finish_reason, a (transient) failure when it broke, nothing when the caller closed it.
 
-Timing is exact for both APIs: a sync stream is read by a daemon thread into a queue that
-the caller's thread waits on with `first_token_timeout` / `stream_idle_timeout`; an async
-stream is read under `asyncio.wait_for` (the local tier through a thread, as above).
+Timing is exact for both APIs (`first_token_timeout`, `stream_idle_timeout`): see
+stream_sources.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,84 +26,8 @@ from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
 from .response import Chunk, ChunkChoice, Delta, Route
 from .retry import AttemptFailed, Deadline
+from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
 from .walk import Admission, Walk, with_retries, with_retries_async
-
-_END = object()
-
-
-class _Stalled(Exception):
-    pass
-
-
-class _ThreadedSource:
-    """A blocking chunk iterator drained by a daemon thread; read with exact timeouts."""
-
-    def __init__(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
-        self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        threading.Thread(target=self._pump, args=(open_chunks,), daemon=True, name="router-stream").start()
-
-    def _pump(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
-        chunks = None
-        try:
-            chunks = open_chunks()
-            for chunk in chunks:
-                if self._stop.is_set():
-                    break
-                self._queue.put((True, chunk))
-            self._queue.put((True, _END))
-        except BaseException as exc:  # handed to the reader, who decides
-            self._queue.put((False, exc))
-        finally:
-            with contextlib.suppress(Exception):
-                getattr(chunks, "close", lambda: None)()
-
-    def next(self, timeout: float) -> Any:
-        try:
-            ok, item = self._queue.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            raise _Stalled from None
-        if not ok:
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-
-    async def anext(self, timeout: float) -> Any:
-        return await asyncio.to_thread(self.next, timeout)
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-class _AsyncSource:
-    """An async chunk iterator (litellm's), opened and read under `asyncio.wait_for`."""
-
-    def __init__(self, open_chunks: Callable[[], Any]) -> None:
-        self._open = open_chunks
-        self._chunks: Any = None
-
-    async def _next(self) -> Any:
-        if self._chunks is None:
-            self._chunks = await self._open()
-        try:
-            return await self._chunks.__anext__()
-        except StopAsyncIteration:
-            return _END
-
-    async def anext(self, timeout: float) -> Any:
-        try:
-            return await asyncio.wait_for(self._next(), max(timeout, 0.0))
-        except asyncio.TimeoutError:
-            raise _Stalled from None
-
-    async def aclose(self) -> None:
-        close = getattr(self._chunks, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):
-                await close()
-
 
 @dataclass
 class _Opened:
@@ -186,7 +107,7 @@ class _StreamCore:
         """Record the break against the target; the targets that may continue the stream."""
         assert self.opened is not None
         broken = self.opened.config
-        if isinstance(exc, _Stalled):
+        if isinstance(exc, Stalled):
             exc = TargetFailure(Outcome.TRANSIENT, f"the stream stalled: no chunk for {self.idle_timeout:g} s")
         self.walk.failed(broken, self.opened.admission, exc)
         if self.walk.chain.mid_stream != "continue":
@@ -238,7 +159,7 @@ class Stream:
                 raise StopIteration
             try:
                 raw = opened.source.next(core.idle_timeout)
-                if raw is _END:
+                if raw is END:
                     core.ended()
                     continue
                 chunk = core.deliver(Chunk.from_openai(raw))
@@ -299,7 +220,7 @@ class AsyncStream:
                 raise StopAsyncIteration
             try:
                 raw = await opened.source.anext(core.idle_timeout)
-                if raw is _END:
+                if raw is END:
                     core.ended()
                     continue
                 chunk = core.deliver(Chunk.from_openai(raw))
@@ -348,7 +269,7 @@ def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
 
         def attempt() -> _Opened:
             admission = walk.begin(config, bulkhead.acquire(walk.budget(config)))
-            source = _ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
+            source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = _first_content(walk, config, admission, source.next)
             except BaseException as exc:
@@ -374,9 +295,9 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
             astream = getattr(target, "astream", None)
             source: Any
             if astream is not None and not partial:
-                source = _AsyncSource(lambda: astream(walk.request, timeout=admission.timeout, note=note))
+                source = AsyncSource(lambda: astream(walk.request, timeout=admission.timeout, note=note))
             else:
-                source = _ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
+                source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = await _afirst_content(walk, config, admission, source.anext)
             except BaseException as exc:
@@ -403,7 +324,7 @@ def _first_content(walk: Walk, config: TargetConfig, admission: Admission, read:
     while True:
         try:
             raw = read(limit.remaining())
-        except _Stalled:
+        except Stalled:
             raise _first_token_failure(walk, config) from None
         if _starts_answer(raw, held):
             return held
@@ -415,7 +336,7 @@ async def _afirst_content(walk: Walk, config: TargetConfig, admission: Admission
     while True:
         try:
             raw = await read(limit.remaining())
-        except _Stalled:
+        except Stalled:
             raise _first_token_failure(walk, config) from None
         if _starts_answer(raw, held):
             return held
@@ -434,7 +355,7 @@ def _first_token_failure(walk: Walk, config: TargetConfig) -> TargetFailure:
 
 def _starts_answer(raw: Any, held: deque[Chunk]) -> bool:
     """Hold `raw`; True once the held chunks carry content (or a finish)."""
-    if raw is _END:
+    if raw is END:
         raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
     chunk = Chunk.from_openai(raw)
     held.append(chunk)
