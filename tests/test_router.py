@@ -235,3 +235,22 @@ def test_router_reused_across_threads_after_failures(server, make_router):
         t.join()
     assert len(answers) == 40 and set(answers) <= {"primary", "secondary"}
     assert server.count("p") + server.count("s") >= 40
+
+
+def test_keyboard_interrupt_propagates_and_counts_against_nothing(server, make_router):
+    router = make_router({"primary": remote(server, "p", max_concurrency=1), "secondary": "s"})
+
+    class Interrupted:  # our own target interface; litellm is not involved
+        config = router.config.targets["primary"]
+
+        def complete(self, request, *, timeout, note):
+            raise KeyboardInterrupt
+
+    real = router._targets["primary"]
+    router._targets["primary"] = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        router.complete(HI)
+    assert server.count("s") == 0  # not failed over: the caller is gone
+    router._targets["primary"] = real
+    assert router.complete(HI).route.served_by == "primary"  # its bulkhead slot came back
+    assert router.status()["primary"] == {"state": "closed", "failures": 0}
