@@ -13,7 +13,6 @@ two loops around it, identical but for `await`.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -31,8 +30,6 @@ from .retry import AttemptFailed, Deadline, retrying
 
 if TYPE_CHECKING:
     from .core import Router
-
-log = logging.getLogger("router")
 
 _DETAIL_LIMIT = 500
 T = TypeVar("T")
