@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 MODEL  := models/SmolLM2-135M-Instruct.Q4_1.gguf
 PROMPT ?= In one sentence, why do circuit breakers help when an API is down?
 
-.PHONY: install model demo run test bench clean
+.PHONY: install model redis-server demo run test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,12 +25,20 @@ $(MODEL): | $(VENV)/.installed
 
 model: $(MODEL)
 
+# The tests start their own redis-server on a free port (tests/redis_server.py); they need
+# the binary, from the Debian package. Nothing here starts or uses a system-wide Redis.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+
 demo: install model
 	$(BIN)/router complete "$(PROMPT)"
 
 run: demo
 
-test: install model
+test: install model redis-server
 	$(BIN)/python -m pytest -q
 
 bench: install model

@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,16 @@ def _at_least(n: float) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class RetryBudgetPolicy:
+    """gRPC-style retry throttling per target (budget.py): each counted failure takes a
+    token, each success returns `token_ratio`; retries only while more than half are left."""
+
+    enabled: bool = True
+    max_tokens: int = field(default=10, metadata=_at_least(1))
+    token_ratio: float = field(default=0.1, metadata=_at_least(0.001))
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     """How one target is retried: full-jitter backoff, Retry-After bounded."""
 
@@ -40,6 +50,7 @@ class RetryPolicy:
     max_wait: float = 8.0
     max_retry_after: float = 20.0  # a longer Retry-After fails over instead of waiting
     retry_on_timeout: bool = False
+    budget: RetryBudgetPolicy = RetryBudgetPolicy()
 
 
 @dataclass(frozen=True)
@@ -370,7 +381,11 @@ class _Loader:
         data = self.mapping(raw, path, tuple(known))
         values: dict[str, Any] = {}
         for key, value in data.items():
-            values[key] = self.field_value(value, f"{path}.{key}", hints[key], known[key].metadata)
+            if is_dataclass(hints[key]):  # a nested section, laid over the base's
+                inner = getattr(base, key) if base is not None else hints[key]()
+                values[key] = self.build(hints[key], value, f"{path}.{key}", inner)
+            else:
+                values[key] = self.field_value(value, f"{path}.{key}", hints[key], known[key].metadata)
         if base is None:
             for name, f in known.items():
                 if name not in values and f.default is MISSING and f.default_factory is MISSING:
