@@ -22,6 +22,7 @@ from .redact import Redactor
 from .request import build_request
 from .response import Response
 from .retry import Deadline
+from .state import build_state
 from .targets import Target, build_target
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .walk import Walk, walk_async, walk_sync
@@ -44,8 +45,11 @@ class Router:
         self._async_sleep = async_sleep
         self._events = Events([*_configured_listeners(config), *listeners])
         self._targets: dict[str, Target] = {}
-        self._circuits = {name: Circuit(name, target.breaker, on_change=self._circuit_changed)
+        self._state = build_state(config.state, source=config.source)
+        self._circuits = {name: Circuit(name, target.breaker, storage=self._state.circuit_storage(name),
+                                        probes=self._state.probes(name), on_change=self._circuit_changed)
                           for name, target in config.targets.items()}
+        self._budgets = {name: self._state.budget(name, target.retry.budget) for name, target in config.targets.items()}
         self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
                            for name, target in config.targets.items()}
         for name, target in config.targets.items():

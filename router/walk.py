@@ -98,8 +98,18 @@ class Walk:
                 self._events.emit("retry", target=config.name, chain=self.chain.name, wait_s=self._waited,
                                   outcome=self.route.attempts[-1].outcome)
 
-        return retrying(config.retry, self.deadline, cls=cls, refused=self.router._circuits[config.name].is_open,
-                        sleep=sleep, before_sleep=before_sleep)
+        circuit, budget = self.router._circuits[config.name], self.router._budgets[config.name]
+
+        def refused() -> bool:
+            if circuit.is_open():
+                return True
+            if budget.allow_retry():
+                return False
+            if self._events.active:
+                self._events.emit("budget_exhausted", target=config.name, chain=self.chain.name)
+            return True
+
+        return retrying(config.retry, self.deadline, cls=cls, refused=refused, sleep=sleep, before_sleep=before_sleep)
 
     def budget(self, config: TargetConfig) -> float:
         """The next attempt's timeout: the target's, cut to what the deadline leaves.
@@ -139,6 +149,7 @@ class Walk:
     def succeeded(self, config: TargetConfig, admission: Admission) -> None:
         self._settle(config)
         self.router._circuits[config.name].succeeded(admission.ticket)
+        self.router._budgets[config.name].succeeded()
         self._record(Attempt(config.name, Outcome.OK.value,
                              latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
 
@@ -155,8 +166,11 @@ class Walk:
         circuit = self.router._circuits[config.name]
         if failure.handling.counts:
             circuit.failed(admission.ticket)
+            self.router._budgets[config.name].failed()
         else:
             circuit.released(admission.ticket)
+        if failure.retry_after is not None and failure.retry_after > config.retry.max_retry_after:
+            circuit.open_for(failure.retry_after)  # out of rotation, for every caller, until then
         self._record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
                              latency, self._take_wait(), self.detail(failure.message)))
         if failure.outcome is Outcome.CANCELLED:
