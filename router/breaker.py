@@ -16,9 +16,14 @@ trip, or neither. `MemoryCircuitStorage` takes each step by running pybreaker's 
 objects under a lock; the Redis storage takes the same steps as Lua scripts, atomically,
 and the tests run the same cycle against both.
 
-Two things are added on top of pybreaker:
+Three things are added on top of pybreaker:
 - half-open admits at most `half_open_max_calls` probes at once (`ProbeSlots`, shared by
   every process when the state is); others are refused;
+- a closed circuit that has counted failures admits no more attempts than could trip it:
+  failures + attempts in flight (in this process) stay below `fail_max`. Otherwise every
+  caller already past the check when an outage starts keeps sending: 8 threads sent a
+  dead provider 9-12 requests with fail_max 5; with this, 8. A healthy target (no
+  failures counted) is never limited; one failure limits it until a success resets it;
 - every state change starts a new `epoch`, and a result is only counted in the epoch it
   was admitted in: a slow call admitted while closed cannot close a circuit that opened
   meanwhile, nor re-open it later.
@@ -218,6 +223,8 @@ class Circuit:
         self._on_change = on_change
         self._seen = CLOSED  # the state this process last saw, to tell listeners of changes
         self._lock = threading.Lock()  # admit and settle are whole steps within this process
+        self._closed_epoch: Hashable = None
+        self._closed_in_flight = 0  # attempts admitted while closed in that epoch, not yet settled
 
     # -- the attempt protocol ------------------------------------------------------------
 
@@ -237,6 +244,12 @@ class Circuit:
                     raise CircuitOpen(self.target, f"circuit half-open; {self.policy.half_open_max_calls} "
                                                    f"probe(s) in flight")
                 return Ticket(view.epoch, probe=True, failures=view.failures)
+            if view.epoch != self._closed_epoch:
+                self._closed_epoch, self._closed_in_flight = view.epoch, 0
+            if view.failures and view.failures + self._closed_in_flight >= self.policy.fail_max:
+                raise CircuitOpen(self.target, f"circuit closed but failing: {view.failures} failure(s) and "
+                                               f"{self._closed_in_flight} attempt(s) in flight could trip it")
+            self._closed_in_flight += 1
             return Ticket(view.epoch, probe=False, failures=view.failures)
 
     def succeeded(self, ticket: Ticket) -> None:
@@ -301,6 +314,8 @@ class Circuit:
     def _release(self, ticket: Ticket) -> None:
         if ticket.probe:
             self._probes.release(ticket.epoch)
+        elif ticket.epoch == self._closed_epoch and self._closed_in_flight > 0:
+            self._closed_in_flight -= 1
 
     def _observe(self, view: View | None) -> View:
         """Tell `on_change` when the state differs from what this process saw last, whether

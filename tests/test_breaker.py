@@ -116,15 +116,15 @@ def test_half_open_lets_exactly_one_of_many_concurrent_callers_probe():
 
 def test_stale_results_do_not_speak_for_a_newer_state():
     c = circuit()
-    slow = c.admit()  # admitted while closed, finishes late
+    other = Circuit("t", c.policy, storage=c._storage)  # another caller of the same circuit state
+    slow = other.admit()  # admitted while closed, finishes late
     fail(c, 3)
     assert c.state == OPEN
-    c.succeeded(slow)  # must not close the open circuit
+    other.succeeded(slow)  # must not close the open circuit
     assert c.state == OPEN
     time.sleep(0.25)
     probe = c.admit()
-    late_failure = slow
-    c.failed(late_failure)  # must not re-open a half-open circuit
+    other.failed(slow)  # must not re-open a half-open circuit
     assert c.state == HALF_OPEN
     c.succeeded(probe)
     assert c.state == CLOSED
@@ -139,3 +139,18 @@ def test_force_open_and_close():
     c.force_close()
     assert c.state == CLOSED
     c.succeeded(c.admit())
+
+
+def test_a_failing_closed_circuit_admits_no_more_than_could_trip_it():
+    c = circuit(fail_max=3)
+    a, b = c.admit(), c.admit()  # no failures yet: not limited
+    c.failed(a)  # 1 failure, b in flight
+    d = c.admit()  # 1 + 1 < 3
+    with pytest.raises(CircuitOpen, match="could trip it"):
+        c.admit()  # 1 failure + 2 in flight would make 3
+    assert c.state == CLOSED
+    c.succeeded(d)  # admitted after a failure: its success resets the count
+    assert c.status()["failures"] == 0
+    e, f = c.admit(), c.admit()  # healthy again: b, e and f in flight at once
+    for ticket in (b, e, f):
+        c.succeeded(ticket)

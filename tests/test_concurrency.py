@@ -45,12 +45,15 @@ def test_64_tasks_through_one_closed_circuit_run_in_parallel(server, make_router
 
     async def main() -> float:
         await router.acomplete(HI)  # warm the client pool
-        started = time.monotonic()
-        answers = await asyncio.gather(*(router.acomplete(HI) for _ in range(64)))
-        assert [a.route.served_by for a in answers] == ["primary"] * 64
-        return time.monotonic() - started
+        best = float("inf")
+        for _ in range(2):  # the better of two: the machine is shared
+            started = time.monotonic()
+            answers = await asyncio.gather(*(router.acomplete(HI) for _ in range(64)))
+            assert [a.route.served_by for a in answers] == ["primary"] * 64
+            best = min(best, time.monotonic() - started)
+        return best
 
-    assert asyncio.run(main()) < 0.6
+    assert asyncio.run(main()) < 0.6  # serialised it would be 64 x 0.2 = 12.8 s
 
 
 def test_acomplete_fails_over_with_the_same_route_as_complete(server, make_router):

@@ -54,19 +54,19 @@ def fail(c: Circuit, n: int = 1) -> None:
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 def test_the_same_cycle_on_either_backend(backend, redis_url, namespace):
     state = MemoryState() if backend == "memory" else RedisState(redis_url, namespace)
-    c = circuits(state, 1, success_threshold=2, half_open_max_calls=1)[0]
-    slow = c.admit()  # admitted while closed, finishes late
+    c, other = circuits(state, 2, success_threshold=2, half_open_max_calls=1)
+    slow = other.admit()  # admitted while closed (by another process), finishes late
     fail(c, 2)
     assert c.status() == {"state": CLOSED, "failures": 2}
     fail(c)
     assert c.state == OPEN and 0 < c.status()["retry_in_s"] <= 0.2
-    c.succeeded(slow)  # stale: must not touch the open circuit
+    other.succeeded(slow)  # stale: must not touch the open circuit
     assert c.state == OPEN
     time.sleep(0.25)
     probe = c.admit()
     with pytest.raises(CircuitOpen, match="half-open"):
         c.admit()
-    c.failed(slow)  # stale again
+    other.failed(slow)  # stale again
     c.succeeded(probe)
     assert c.status() == {"state": HALF_OPEN, "failures": 0, "probes_in_flight": 0}
     c.failed(c.admit())  # a failed probe re-opens
