@@ -102,6 +102,9 @@ class Router:
         report = {}
         for name, target in self.config.targets.items():
             info = self._circuits[name].status()
+            tokens = getattr(self._budgets[name], "tokens", None)
+            if tokens is not None:
+                info["retry_budget"] = round(tokens, 2)
             if target.disabled:
                 info["disabled"] = target.disabled
             elif self.config.offline and target.is_remote:

@@ -65,7 +65,9 @@ def test_breaker_full_cycle_over_http(server, make_router):
     server.script("p", faults.ok("back"))
     resp = router.complete(HI)  # successful probe closes it
     assert resp.route.served_by == "primary"
-    assert router.status()["primary"] == {"state": "closed", "failures": 0}
+    status = router.status()["primary"]
+    assert (status["state"], status["failures"]) == ("closed", 0)
+    assert status["retry_budget"] == 6.1  # 10 tokens, 4 failures drained 4, the success put back 0.1
 
 
 def test_open_circuit_is_skipped_fast_with_zero_requests(server, make_router):
@@ -253,4 +255,4 @@ def test_keyboard_interrupt_propagates_and_counts_against_nothing(server, make_r
     assert server.count("s") == 0  # not failed over: the caller is gone
     router._targets["primary"] = real
     assert router.complete(HI).route.served_by == "primary"  # its bulkhead slot came back
-    assert router.status()["primary"] == {"state": "closed", "failures": 0}
+    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10}

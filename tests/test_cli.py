@@ -1,0 +1,99 @@
+"""The operator's CLI against a config whose circuit state lives in a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from router import Router
+from router.testing import faults
+
+from .conftest import TEST_KEY
+
+pytest_plugins = ["tests.redis_server"]
+
+REPO = Path(__file__).resolve().parents[1]
+HI = [{"role": "user", "content": "hi"}]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=60)
+
+
+def shared_config(tmp_path: Path, server, redis_url: str, namespace: str) -> Path:
+    path = tmp_path / "shared.yaml"
+    path.write_text(textwrap.dedent(f"""
+        defaults:
+          retry: {{attempts: 1}}
+          breaker: {{fail_max: 2, reset_timeout: 60}}
+        targets:
+          primary: {{model: openai/p, api_base: "{server.url}", api_key: {TEST_KEY}}}
+          secondary: {{model: openai/s, api_base: "{server.url}", api_key: {TEST_KEY}}}
+        chains:
+          default: [primary, secondary]
+        state: {{backend: redis, url: "{redis_url}", namespace: {namespace}}}
+    """))
+    return path
+
+
+def test_open_status_close_through_redis(tmp_path, server, redis_url, namespace):
+    config = shared_config(tmp_path, server, redis_url, namespace)
+    running = Router.from_yaml(config)  # an application's router, in another process than the CLI
+
+    out = cli("open", "primary", "--config", str(config), "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["state"] == "open"
+
+    resp = running.complete(HI)  # the running router skips it without a request
+    assert resp.route.served_by == "secondary" and server.count("p") == 0
+
+    out = cli("status", "--config", str(config), "--json")
+    report = json.loads(out.stdout)
+    assert out.returncode == 0 and report["shared"] is True
+    assert report["targets"]["primary"]["state"] == "open" and report["targets"]["primary"]["retry_in_s"] > 50
+    assert report["targets"]["secondary"]["state"] == "closed"
+
+    out = cli("status", "--config", str(config))
+    assert out.stdout.splitlines()[0].split() == ["target", "state", "failures", "half-open", "in", "retry",
+                                                  "budget", "note"]
+    assert any(line.split()[:2] == ["primary", "open"] for line in out.stdout.splitlines())
+
+    assert cli("close", "primary", "--config", str(config)).stdout.strip() == "primary: closed"
+    assert running.complete(HI).route.served_by == "primary"
+
+
+def test_a_trip_in_one_process_shows_in_status_from_another(tmp_path, server, redis_url, namespace):
+    config = shared_config(tmp_path, server, redis_url, namespace)
+    server.script("p", faults.status(503))
+    running = Router.from_yaml(config)
+    running.complete(HI)
+    running.complete(HI)
+    report = json.loads(cli("status", "--config", str(config), "--json").stdout)
+    assert report["targets"]["primary"]["state"] == "open"
+
+
+def test_cli_exit_codes_for_controls(tmp_path, server, redis_url, namespace):
+    config = shared_config(tmp_path, server, redis_url, namespace)
+    out = cli("open", "nosuch", "--config", str(config))
+    assert out.returncode == 2 and "unknown target 'nosuch'" in out.stderr
+
+    memory = tmp_path / "memory.yaml"
+    memory.write_text(f"targets: {{a: {{model: openai/p, api_base: '{server.url}'}}}}\nchains: {{default: [a]}}\n")
+    out = cli("open", "a", "--config", str(memory))
+    assert out.returncode == 2 and "use redis" in out.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"targets: {{a: {{model: openai/p}}}}\nchains: {{default: [a]}}\n"
+                   f"state: {{backend: redis, url: 'redis://127.0.0.1:1/0'}}\n")
+    out = cli("status", "--config", str(bad))
+    assert out.returncode == 2 and "state.url" in out.stderr and str(bad) in out.stderr
+
+    out = cli("check-config", str(config), "--json")
+    assert out.returncode == 0
+    assert [m["target"] for m in json.loads(out.stdout)["chains"]["default"]] == ["primary", "secondary"]
