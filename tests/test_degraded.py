@@ -29,8 +29,10 @@ def model_path() -> str:
 
 
 def local_target(model_path: str, **overrides) -> dict:
+    # one thread: llama.cpp's threads spin-wait on each other, so on a busy 2-core machine
+    # two of them can be ten times slower than one; the timeout is generous for the same reason
     return {"provider": "llama_cpp", "model_path": model_path, "n_ctx": 1024, "max_tokens": 24,
-            "degraded": True, **overrides}
+            "n_threads": 1, "timeout": 60, "degraded": True, **overrides}
 
 
 def test_remote_outage_ends_on_the_local_model(server, make_router, model_path):
@@ -114,7 +116,7 @@ def test_cli_complete_prints_answer_and_route(tmp_path, model_path):
     config.write_text(textwrap.dedent(f"""
         targets:
           openai: {{model: openai/gpt-4o-mini, api_key: "${{OPENAI_API_KEY}}"}}
-          local: {{provider: llama_cpp, model_path: "{model_path}", n_ctx: 1024, degraded: true}}
+          local: {{provider: llama_cpp, model_path: "{model_path}", n_ctx: 1024, n_threads: 1, degraded: true}}
         chains:
           default: [openai, local]
     """))

@@ -31,6 +31,9 @@ def model_path() -> Path:
 
 
 def target(model_path: Path | str, **local) -> LocalTarget:
+    # n_threads 1: llama.cpp's threads spin-wait on each other, so on a busy 2-core machine two
+    # of them can be ten times slower than one (tests run beside the fault server and others)
+    local = {"n_threads": 1, **local}
     raw = {"targets": {"local": {"provider": "llama_cpp", "model_path": str(model_path), "n_ctx": 1024, **local}},
            "chains": {"default": ["local"]}}
     return LocalTarget(config_from_dict(raw).targets["local"])
