@@ -8,7 +8,7 @@ import time
 
 from .common import Report, machine, setup_environment
 
-SCENARIOS = ("overhead", "outage")
+SCENARIOS = ("overhead", "outage", "fleet")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             from . import overhead
 
             overhead.run(report, quick=args.quick)
+        elif name == "fleet":
+            __import__(f"{__package__}.fleet", fromlist=["run"]).run(report, quick=args.quick)
         else:
             from . import outage
 
