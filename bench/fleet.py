@@ -46,9 +46,6 @@ import json
 import logging
 import os
 import select
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +55,8 @@ import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from router.testing.redis_server import RedisServer
 
 from .common import API_KEY, HI, ROOT, ControlledServer, Report, _child_env, median, quantile
 
@@ -80,52 +79,6 @@ def router_config(url: str, primary: str, secondary: str, state: dict[str, Any])
         "chains": {"default": ["primary", "secondary"]},
         "state": state,
     }
-
-
-# -- redis-server (as tests/redis_server.py, which needs pytest at import) -----------------
-
-
-class RedisServer:
-    """One redis-server subprocess on 127.0.0.1, no persistence."""
-
-    def __init__(self) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--logfile", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.02)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait(timeout=10)
-
-    def __enter__(self) -> RedisServer:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
 
 # -- the worker process -----------------------------------------------------------------

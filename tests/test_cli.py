@@ -89,8 +89,8 @@ def test_cli_exit_codes_for_controls(tmp_path, server, redis_url, namespace):
     assert out.returncode == 2 and "use redis" in out.stderr
 
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"targets: {{a: {{model: openai/p}}}}\nchains: {{default: [a]}}\n"
-                   f"state: {{backend: redis, url: 'redis://127.0.0.1:1/0'}}\n")
+    bad.write_text("targets: {a: {model: openai/p}}\nchains: {default: [a]}\n"
+                   "state: {backend: redis, url: 'redis://127.0.0.1:1/0'}\n")
     out = cli("status", "--config", str(bad))
     assert out.returncode == 2 and "state.url" in out.stderr and str(bad) in out.stderr
 
