@@ -17,15 +17,17 @@ both contenders write the same tokens for the same prompt, which is checked).
 - ``direct_aa``: ``direct`` again, an A/A control: direct_aa/direct shows how far the
   ratio of two identical contenders strays on this machine.
 
-Tokens/s is completion_tokens / wall time of the calls (prompt evaluation included) of
-one block: PER_BLOCK = 2 prompts (~2 s), the same two for every contender of a round,
-the next two of PROMPTS in the next round. The two models never run at once (two
-2-thread llama.cpp instances on 2 cores would measure the contention, not the router):
-each of ROUNDS = 8 rounds runs one block per contender, one after the other, in an
-order rotated every round (A B C, B C A, ..., then reversed), after one warm-up call
-each for ours and direct (the router loads its model on its first call). The answers
-of ours and direct to the same prompt in the same round are compared. Target: the
-median over rounds of the per-round ratio ours/direct of tokens/s >= 0.97.
+Tokens/s is completion_tokens / wall time of a block (prompt evaluation included): one
+call (PER_BLOCK = 1, ~1 s), the same prompt for every contender of a round, the next of
+PROMPTS in the next round. The two models never run at once (two 2-thread llama.cpp
+instances on 2 cores would measure the contention, not the router): each round runs one
+block per contender, one after the other, in an order rotated every round (A B C,
+B C A, C A B, then reversed), after one warm-up call each for ours and direct (the
+router loads its model on its first call). ROUNDS = 18, or fewer (whole rotations, at
+least MIN_ROUNDS = 6) once BUDGET_S = 70 s have been spent, so that a contended machine
+does not stretch the scenario to minutes. The answers of ours and direct to the same
+prompt in the same round are compared. Target: the median over rounds of the per-round
+ratio ours/direct of tokens/s >= 0.97.
 
 llama.cpp with n_threads = all cores slows down by 10x and more when another process
 takes one of the cores (its threads wait for each other at every step): on a shared
@@ -47,8 +49,8 @@ from .common import ROOT, Report, median, quantile, rotations
 TARGET_OURS_OVER_DIRECT = 0.97
 N_CTX = 2048
 MAX_TOKENS = 96
-PER_BLOCK = 2  # prompts per block; round r uses PROMPTS[2r % 4], PROMPTS[2r % 4 + 1]
-ROUNDS = 8
+PER_BLOCK = 1  # calls per contender and round; round r uses PROMPTS[r % 4]
+ROUNDS, MIN_ROUNDS, BUDGET_S = 18, 6, 70  # fewer rounds (whole rotations) once BUDGET_S is spent
 TIMEOUT = 600  # seconds: direct has no timeout, so ours must not give up on a slow (contended) call
 PROMPTS = [
     "Explain in a few sentences why the sky is blue.",
@@ -121,9 +123,10 @@ def block(call: Call, prompts: list[str]) -> tuple[float, int, list[str]]:
 
 
 def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
-    rounds = 4 if quick else ROUNDS
+    rounds, min_rounds, budget = (6, 3, 20) if quick else (ROUNDS, MIN_ROUNDS, BUDGET_S)
     path = model_path()
-    report.line(f"model: {os.path.relpath(path, ROOT)}; {PER_BLOCK} of {len(PROMPTS)} prompts per block, "
+    report.line(f"model: {os.path.relpath(path, ROOT)}; {PER_BLOCK} of {len(PROMPTS)} prompts per block, up to "
+                f"{rounds} rounds (at least {min_rounds}, fewer once {budget} s are spent), "
                 f"max_tokens={MAX_TOKENS}, temperature 0, n_ctx={N_CTX}")
     calls, settings = contenders(path)
     names = list(calls)
@@ -141,7 +144,12 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
     tokens: dict[str, list[int]] = {name: [] for name in names}
     rates: dict[str, list[float]] = {name: [] for name in names}
     same = compared = 0
+    timed = time.perf_counter()
     for r, order in enumerate(rotations(names, rounds)):
+        if r >= min_rounds and r % len(names) == 0 and time.perf_counter() - timed > budget:
+            report.line(f"time budget of {budget} s spent: stopping after {r} of {rounds} rounds")
+            rounds = r
+            break
         first = PER_BLOCK * r % len(PROMPTS)
         prompts = (PROMPTS * 2)[first:first + PER_BLOCK]
         answers = {}
@@ -156,7 +164,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
     report.line(f"identical answers ours vs direct (greedy, same prompt, same round): {same}/{compared}")
 
     report.line()
-    report.line(f"{rounds} rounds; per block of {PER_BLOCK} calls:")
+    report.line(f"{rounds} rounds; per block of {PER_BLOCK} call(s):")
     report.line(f"{'contender':<12}{'tokens':>8}{'median wall':>13}{'median tok/s':>14}{'min..max tok/s':>18}")
     for name in names:
         report.line(f"{name:<12}{median(tokens[name]):>8.0f}{median(walls[name]):>11.3f} s{median(rates[name]):>14.1f}"
