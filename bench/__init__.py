@@ -1,12 +1,22 @@
-"""Benchmarks for `router`, run with ``python -m bench [overhead|outage|all] [--quick]``.
+"""Benchmarks for `router`, run with ``python -m bench [SCENARIO ...|all] [--quick]``.
 
 - ``overhead``: the happy path. What does routing a call through `router.Router` cost
   compared with calling `litellm.completion` directly (and with `litellm.Router`)?
 - ``outage``: the failure path. With the primary down (HTTP 503, or hanging), how many
   requests does each contender still answer, how many hit the dead primary, how long?
+- ``local``: the degraded tier. Tokens/s of the local GGUF model through
+  `Router.complete` vs `llama_cpp.Llama.create_chat_completion` on its own.
+- ``coldstart``: fresh processes. How long `import router` takes (vs `import litellm`),
+  and how long from process start to the first offline answer, without litellm.
+- ``parallel``: 16 threads through one closed circuit against a 200 ms upstream: do
+  they run at once (ours), or one at a time (pybreaker's `call()`)?
+- ``async``: 2000 requests at concurrency 64 through `Router.acomplete` vs bare
+  `litellm.acompletion`: requests per second (module ``asyncload``).
 
-Every scenario talks to `router.testing.FaultServer` over real loopback HTTP, run in a
-separate process so that its request handling does not compete for the client's GIL.
+The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
+loopback HTTP, run in a separate process so that its request handling does not compete
+for the client's GIL; ``local`` and ``coldstart`` need the default GGUF, fetched with
+`router.models.pull_default_model()` when missing.
 Each prints human-readable lines, then machine-readable ``RATIO name=value target=...
 ok=yes|no`` lines, and writes a JSON summary to ``bench/results/<scenario>.json``.
 """

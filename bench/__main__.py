@@ -1,19 +1,24 @@
-"""``python -m bench [overhead|outage|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict]``"""
+"""``python -m bench [SCENARIO ...|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict]``
+
+SCENARIO: overhead, outage, local, coldstart, parallel, async (several may be given; default: all)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
 from .common import Report, machine, setup_environment
 
-SCENARIOS = ("overhead", "outage", "fleet")
+SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet")
+_MODULES = {"async": "asyncload"}  # scenario -> module of bench/, where the names differ
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenario", nargs="?", default="all", choices=(*SCENARIOS, "all"))
+    parser.add_argument("scenario", nargs="*", default=["all"], metavar="SCENARIO",
+                        help=f"one or more of: {', '.join(SCENARIOS)}, all (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer calls and requests (a smoke run)")
     parser.add_argument("--server", choices=("process", "thread"), default="process",
                         help="outage: fault server in a child process (default) or in a thread here")
@@ -21,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="outage: let litellm.Router sleep its full backoff (adds minutes)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    unknown = [s for s in args.scenario if s not in (*SCENARIOS, "all")]
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(map(repr, unknown))}; choose from {', '.join(SCENARIOS)}, all")
+    chosen = SCENARIOS if "all" in args.scenario else tuple(dict.fromkeys(args.scenario))
 
     env = setup_environment()  # before litellm is imported
     started = time.perf_counter()
@@ -34,23 +43,20 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{k} {v}" for k, v in _versions().items()), flush=True)
 
     missed = []
-    for name in SCENARIOS if args.scenario == "all" else (args.scenario,):
+    for name in chosen:
         print(f"\n=== {name}{' (quick)' if args.quick else ''} ===", flush=True)
         report = Report(name)
         report.data["env"] = env
         report.data["quick"] = args.quick
         report.data["versions"] = _versions()
-        if name == "overhead":
-            from . import overhead
-
-            overhead.run(report, quick=args.quick)
-        elif name == "fleet":
-            __import__(f"{__package__}.fleet", fromlist=["run"]).run(report, quick=args.quick)
-        else:
+        if name == "outage":
             from . import outage
 
             outage.run(report, quick=args.quick, server_mode=args.server,
                        litellm_real_backoff=args.litellm_real_backoff)
+        else:
+            module = importlib.import_module(f".{_MODULES.get(name, name)}", __package__)
+            module.run(report, quick=args.quick)
         missed += [r["name"] for r in report.ratios if r["ok"] is False]
     print(f"\ntotal {time.perf_counter() - started:.1f} s; "
           + (f"targets missed: {', '.join(missed)}" if missed else "all targets met"), flush=True)
@@ -61,7 +67,7 @@ def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("litellm", "pybreaker", "tenacity"):
+    for pkg in ("litellm", "pybreaker", "tenacity", "llama-cpp-python", "httpx"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
