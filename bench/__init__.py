@@ -12,6 +12,8 @@
   they run at once (ours), or one at a time (pybreaker's `call()`)?
 - ``async``: 2000 requests at concurrency 64 through `Router.acomplete` vs bare
   `litellm.acompletion`: requests per second (module ``asyncload``).
+- ``fleet``: 4 processes x 4 threads against a dead primary, circuit state in memory vs
+  shared in Redis: how many requests reach the primary; and the happy-path cost of Redis.
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete
