@@ -14,7 +14,7 @@ from typing import Any
 
 from . import errors
 from .core import Router, default_router
-from .errors import AllTargetsFailed, ConfigError, InvalidRequest, StreamInterrupted
+from .errors import AllTargetsFailed, ConfigError, ContentRejected, InvalidRequest, StreamInterrupted
 from .events import Event, LoggingListener
 from .response import Attempt, Chunk, Response, Route
 from .streaming import AsyncStream, Stream
@@ -22,7 +22,7 @@ from .streaming import AsyncStream, Stream
 __all__ = [
     "Router", "Response", "Route", "Attempt", "Chunk", "Stream", "AsyncStream", "complete", "acomplete", "status",
     "Event", "LoggingListener", "errors",
-    "ConfigError", "AllTargetsFailed", "InvalidRequest", "StreamInterrupted",
+    "ConfigError", "AllTargetsFailed", "ContentRejected", "InvalidRequest", "StreamInterrupted",
 ]
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from .breaker import Circuit
 from .bulkhead import Bulkhead
@@ -71,8 +71,16 @@ class Router:
 
     # -- calls ---------------------------------------------------------------------------
 
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                 deadline: float | None = None, **params: Any) -> Response | Stream:
+    @overload
+    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+                 stream: Literal[False] = ..., **params: Any) -> Response: ...
+
+    @overload
+    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+                 stream: Literal[True], **params: Any) -> Stream: ...
+
+    def complete(self, messages: list[dict[str, Any]], *, chain: str = "default", deadline: float | None = None,
+                 stream: bool = False, **params: Any) -> Response | Stream:
         """Answer a chat request from the first target of `chain` that can.
 
         `deadline` (seconds) bounds the whole call, retries and failover included (for a
@@ -80,19 +88,29 @@ class Router:
         ...) pass through to the target. With `stream=True`, returns a `Stream` of chunks
         once a target has started answering.
         """
-        walk = self._walk(messages, chain, deadline, params)
+        walk = self._walk(messages, chain, deadline, stream, params)
         return stream_sync(walk) if walk.request.stream else walk_sync(walk)
 
+    @overload
+    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+                        stream: Literal[False] = ..., **params: Any) -> Response: ...
+
+    @overload
+    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+                        stream: Literal[True], **params: Any) -> AsyncStream: ...
+
     async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                        deadline: float | None = None, **params: Any) -> Response | AsyncStream:
+                        deadline: float | None = None, stream: bool = False,
+                        **params: Any) -> Response | AsyncStream:
         """`complete` for asyncio: litellm's async API for remote targets, the local tier in
         a worker thread. Cancelling the caller cancels the attempt and counts against nothing.
         With `stream=True`, returns an `AsyncStream` (`async for chunk in await ...`)."""
-        walk = self._walk(messages, chain, deadline, params)
+        walk = self._walk(messages, chain, deadline, stream, params)
         return await (stream_async(walk) if walk.request.stream else walk_async(walk))
 
-    def _walk(self, messages: Any, chain: str, deadline: float | None, params: dict[str, Any]) -> Walk:
-        request = build_request(messages, params)
+    def _walk(self, messages: Any, chain: str, deadline: float | None, stream: Any,
+              params: dict[str, Any]) -> Walk:
+        request = build_request(messages, {**params, "stream": stream})
         return Walk(self, self._chain(chain), request, self._deadline(deadline))
 
     # -- operators -------------------------------------------------------------------------

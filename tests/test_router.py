@@ -171,6 +171,7 @@ def test_static_reply_when_everything_fails(server, make_router):
         (HI, {"api_key": "sk-x"}, "cannot be passed per call"),
         (HI, {"chain": "nope"}, "unknown chain 'nope'"),
         (HI, {"deadline": -1}, "deadline"),
+        (HI, {"stream": "yes"}, "stream must be true or false"),
     ],
 )
 def test_bad_requests_are_refused_before_any_network_call(server, make_router, messages, kwargs, fragment):
