@@ -41,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .common import API_KEY, HI, CliServer, Report, litellm, median, quantile, rotations
+from .common import API_KEY, HI, CliServer, Report, litellm, median, paired_ratio, rotations
 
 CONCURRENCY = 64
 ROUNDS, BLOCK, WARMUP = 8, 250, 256
@@ -181,11 +181,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         report.line(f"{name:<12}{median(rates[name]):>14.1f}{min(rates[name]):>9.1f}..{max(rates[name]):.1f}"
                     f"{errors[name]:>8}")
 
-    def paired(a: str, b: str) -> dict[str, float]:
-        per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
-        return {"median": median(per_round), "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
-
-    ratios = {f"{a}/{b}": paired(a, b) for a, b in (("ours", "bare"), ("bare_aa", "bare"))}
+    ratios = {f"{a}/{b}": paired_ratio(rates[a], rates[b]) for a, b in (("ours", "bare"), ("bare_aa", "bare"))}
     report.line()
     report.line(f"requests/s, median over {rounds} rounds of the per-round ratio (interquartile range):")
     for key, r in ratios.items():

@@ -180,9 +180,10 @@ def quantile(values: Iterable[float], q: float) -> float:
     return data[min(len(data) - 1, max(0, round(q * (len(data) - 1))))]
 
 
-def median_of_ratios(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """Median over rounds of numerator[i] / denominator[i] (paired, same round)."""
-    return median(n / d for n, d in zip(numerator, denominator, strict=True))
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> dict[str, float]:
+    """The per-round ratios' median and interquartile range (paired, same round)."""
+    per_round = [n / d for n, d in zip(numerator, denominator, strict=True)]
+    return {"median": median(per_round), "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
 
 
 def rotations(items: Sequence[Any], rounds: int) -> list[list[Any]]:

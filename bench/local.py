@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .common import ROOT, Report, median, quantile, rotations
+from .common import ROOT, Report, median, paired_ratio, rotations
 
 TARGET_OURS_OVER_DIRECT = 0.97
 N_CTX = 2048
@@ -170,11 +170,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         report.line(f"{name:<12}{median(tokens[name]):>8.0f}{median(walls[name]):>11.3f} s{median(rates[name]):>14.1f}"
                     f"{min(rates[name]):>10.1f}..{max(rates[name]):.1f}")
 
-    def paired(a: str, b: str) -> dict[str, float]:
-        per_round = [x / y for x, y in zip(rates[a], rates[b], strict=True)]
-        return {"median": median(per_round), "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
-
-    ratios = {f"{a}/{b}": paired(a, b) for a, b in (("ours", "direct"), ("direct_aa", "direct"))}
+    ratios = {f"{a}/{b}": paired_ratio(rates[a], rates[b]) for a, b in (("ours", "direct"), ("direct_aa", "direct"))}
     report.line()
     report.line(f"tokens/s, median over {rounds} rounds of the per-round ratio (interquartile range):")
     for key, r in ratios.items():

@@ -45,7 +45,7 @@ from .common import (
     Report,
     litellm,
     median,
-    median_of_ratios,
+    paired_ratio,
     quantile,
     rotations,
 )
@@ -154,14 +154,9 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         report.line(f"{name:<16}{median(latencies[name]) * 1e3:>10.3f} ms"
                     f"{quantile(latencies[name], 0.9) * 1e3:>8.3f} ms{median(blocks[name]) * 1e3:>11.1f} ms")
 
-    def paired(series: dict[str, list[float]], a: str, b: str) -> dict[str, float]:
-        per_round = [x / y for x, y in zip(series[a], series[b], strict=True)]
-        return {"median": median_of_ratios(series[a], series[b]),
-                "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
-
     pairs = [("ours", "bare"), ("litellm_router", "bare"), ("ours", "litellm_router"), ("bare_aa", "bare")]
-    ratios = {f"{a}/{b}": paired(blocks, a, b) for a, b in pairs}
-    median_ratios = {f"{a}/{b}": paired(block_medians, a, b) for a, b in pairs}
+    ratios = {f"{a}/{b}": paired_ratio(blocks[a], blocks[b]) for a, b in pairs}
+    median_ratios = {f"{a}/{b}": paired_ratio(block_medians[a], block_medians[b]) for a, b in pairs}
     report.line()
     report.line(f"median over {rounds} rounds of the per-round ratio (interquartile range):")
     report.line(f"  {'':<22}{'block time':>26}{'median call in block':>30}")
