@@ -1,7 +1,7 @@
 """Keep secrets out of logs, error texts, reprs and routes.
 
 Configured API keys are held as `Secret` (its repr and str never show the value) and
-every provider message the router stores or raises goes through `redact`, which removes
+every provider message the router stores or raises goes through a `Redactor`, which removes
 the configured keys and anything shaped like a credential, including keys in URLs.
 """
 
@@ -60,5 +60,3 @@ class Redactor:
             text = pattern.sub(replacement, text)
         return text
 
-
-redact = Redactor()

@@ -22,13 +22,6 @@ class Request:
     params: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
 
-    @property
-    def max_tokens(self) -> int | None:
-        return self.params.get("max_tokens")
-
-    def with_messages(self, messages: list[dict[str, Any]]) -> Request:
-        return Request(messages=messages, params=self.params, stream=self.stream)
-
 
 def build_request(messages: Any, params: Mapping[str, Any]) -> Request:
     """Validate the caller's arguments; raise `InvalidRequest` naming the first problem."""
