@@ -90,31 +90,35 @@ class Response:
         for index, choice in enumerate(get("choices") or ()):
             cget = _getter(choice)
             message = _getter(cget("message") or {})
-            tool_calls = message("tool_calls")
             choices.append(
                 Choice(
                     index=cget("index") if cget("index") is not None else index,
-                    message=Message(
-                        role=message("role") or "assistant",
-                        content=message("content"),
-                        tool_calls=[_plain(t) for t in tool_calls] if tool_calls else None,
-                    ),
+                    message=Message(role=message("role") or "assistant", content=message("content"),
+                                    tool_calls=_tool_calls(message)),
                     finish_reason=cget("finish_reason"),
                 )
             )
-        usage = _getter(get("usage") or {})
         return cls(
             id=get("id") or "",
             model=get("model") or "",
             choices=choices,
-            usage=Usage(
-                prompt_tokens=usage("prompt_tokens") or 0,
-                completion_tokens=usage("completion_tokens") or 0,
-                total_tokens=usage("total_tokens") or 0,
-            ),
+            usage=_usage(get("usage")) or Usage(),
             created=get("created") or int(time.time()),
             raw=data,
         )
+
+
+def _usage(data: Any) -> Usage | None:
+    if not data:
+        return None
+    get = _getter(data)
+    return Usage(get("prompt_tokens") or 0, get("completion_tokens") or 0, get("total_tokens") or 0)
+
+
+def _tool_calls(get: Any) -> list[dict[str, Any]] | None:
+    """A message's or a delta's tool calls as plain dicts (None when it has none)."""
+    calls = get("tool_calls")
+    return [_plain(c) for c in calls] if calls else None
 
 
 def _getter(obj: Any):
@@ -173,20 +177,15 @@ class Chunk:
         for index, choice in enumerate(get("choices") or ()):
             cget = _getter(choice)
             delta = _getter(cget("delta") or {})
-            tool_calls = delta("tool_calls")
             choices.append(ChunkChoice(
                 index=cget("index") if cget("index") is not None else index,
-                delta=Delta(role=delta("role"), content=delta("content"),
-                            tool_calls=[_plain(t) for t in tool_calls] if tool_calls else None),
+                delta=Delta(role=delta("role"), content=delta("content"), tool_calls=_tool_calls(delta)),
                 finish_reason=cget("finish_reason"),
             ))
-        usage = get("usage")
-        uget = _getter(usage) if usage else None
         return cls(
             id=get("id") or "",
             model=get("model") or "",
             choices=choices,
             created=get("created") or int(time.time()),
-            usage=Usage(uget("prompt_tokens") or 0, uget("completion_tokens") or 0, uget("total_tokens") or 0)
-            if uget else None,
+            usage=_usage(get("usage")),
         )
