@@ -87,7 +87,7 @@ class _StreamCore:
         return None
 
     def deliver(self, chunk: Chunk) -> Chunk | None:
-        if self.continued and not chunk.text and not chunk.finish_reason and not _has_tool_calls(chunk):
+        if self.continued and not _carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
         self.parts.append(chunk.text)
@@ -268,7 +268,7 @@ def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
         note = walk.note(config)
 
         def attempt() -> _Opened:
-            admission = walk.begin(config, bulkhead.acquire(walk.budget(config)))
+            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
             source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = _first_content(walk, config, admission, source.next)
@@ -291,7 +291,7 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
         note = walk.note(config)
 
         async def attempt() -> _Opened:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.budget(config)))
+            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
             astream = getattr(target, "astream", None)
             source: Any
             if astream is not None and not partial:
@@ -359,11 +359,12 @@ def _starts_answer(raw: Any, held: deque[Chunk]) -> bool:
         raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
     chunk = Chunk.from_openai(raw)
     held.append(chunk)
-    return bool(chunk.text or chunk.finish_reason or _has_tool_calls(chunk))
+    return _carries_answer(chunk)
 
 
-def _has_tool_calls(chunk: Chunk) -> bool:
-    return any(c.delta.tool_calls for c in chunk.choices)
+def _carries_answer(chunk: Chunk) -> bool:
+    """Content, tool calls or a finish: more than the role-only opening chunk."""
+    return bool(chunk.text or chunk.finish_reason or any(c.delta.tool_calls for c in chunk.choices))
 
 
 def _static_core(walk: Walk) -> _StreamCore:

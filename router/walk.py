@@ -111,7 +111,7 @@ class Walk:
 
         return retrying(config.retry, self.deadline, cls=cls, refused=refused, sleep=sleep, before_sleep=before_sleep)
 
-    def budget(self, config: TargetConfig) -> float:
+    def attempt_timeout(self, config: TargetConfig) -> float:
         """The next attempt's timeout: the target's, cut to what the deadline leaves.
 
         A cut timeout is rounded down (whole seconds, tenths below 1 s): litellm caches one
@@ -138,7 +138,7 @@ class Walk:
         except CircuitOpen:
             self.router._bulkheads[config.name].release()
             raise
-        return Admission(ticket, self.budget(config), time.perf_counter())
+        return Admission(ticket, self.attempt_timeout(config), time.perf_counter())
 
     def _settle(self, config: TargetConfig) -> None:
         self.router._bulkheads[config.name].release()
@@ -256,7 +256,7 @@ def walk_sync(walk: Walk) -> Response:
         note = walk.note(config)
 
         def attempt() -> Response:
-            admission = walk.begin(config, bulkhead.acquire(walk.budget(config)))
+            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
             try:
                 response = target.complete(walk.request, timeout=admission.timeout, note=note)
             except BaseException as exc:
@@ -280,7 +280,7 @@ async def walk_async(walk: Walk) -> Response:
         note = walk.note(config)
 
         async def attempt() -> Response:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.budget(config)))
+            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
             try:
                 response = await _acomplete(target, walk.request, admission.timeout, note)
             except BaseException as exc:
