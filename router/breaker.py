@@ -40,7 +40,7 @@ from typing import Any
 
 import pybreaker
 
-from .config import BreakerPolicy
+from .schema import BreakerPolicy
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_NAMES = {pybreaker.STATE_CLOSED: CLOSED, pybreaker.STATE_OPEN: OPEN,

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from .config import RetryBudgetPolicy
+from .schema import RetryBudgetPolicy
 
 
 class RetryBudget:

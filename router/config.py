@@ -1,9 +1,9 @@
 """YAML (or a dict) -> a validated, typed `RouterConfig`.
 
 Every mistake is a `ConfigError` naming the file and the key path, never a KeyError
-from deep inside a call. The schema is the dataclasses below: their fields, types and
-`metadata` (minimum values, allowed choices) are what is checked, so the documentation
-of a key and its validation live in one place.
+from deep inside a call. The schema is the dataclasses of schema.py: their fields, types
+and `metadata` (minimum values, allowed choices) are what is checked here, and the keys a
+target accepts are the fields of `TargetConfig`, so a key is declared in one place.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,121 +23,10 @@ import yaml
 
 from .errors import ConfigError
 from .redact import Secret
+from .schema import (BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
+                     RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
-
-
-def _at_least(n: float) -> dict[str, Any]:
-    return {"min": n}
-
-
-@dataclass(frozen=True)
-class RetryBudgetPolicy:
-    """gRPC-style retry throttling per target (budget.py): each counted failure takes a
-    token, each success returns `token_ratio`; retries only while more than half are left."""
-
-    enabled: bool = True
-    max_tokens: int = field(default=10, metadata=_at_least(1))
-    token_ratio: float = field(default=0.1, metadata=_at_least(0.001))
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How one target is retried: full-jitter backoff, Retry-After bounded."""
-
-    attempts: int = field(default=3, metadata=_at_least(1))  # tries of one target, first included
-    min_wait: float = 0.5  # first backoff window; it doubles up to max_wait
-    max_wait: float = 8.0
-    max_retry_after: float = 20.0  # a longer Retry-After fails over instead of waiting
-    retry_on_timeout: bool = False
-    budget: RetryBudgetPolicy = RetryBudgetPolicy()
-
-
-@dataclass(frozen=True)
-class BreakerPolicy:
-    """When one target's circuit opens, and how it closes again."""
-
-    fail_max: int = field(default=5, metadata=_at_least(1))
-    reset_timeout: float = 60.0
-    success_threshold: int = field(default=1, metadata=_at_least(1))
-    half_open_max_calls: int = field(default=1, metadata=_at_least(1))
-
-
-@dataclass(frozen=True)
-class LocalOptions:
-    """The local tier (`provider: llama_cpp`): a GGUF model in process on the CPU."""
-
-    model_path: str
-    n_ctx: int = field(default=2048, metadata=_at_least(16))
-    n_threads: int | None = field(default=None, metadata=_at_least(1))
-    chat_format: str | None = None  # None: the template stored in the GGUF
-    max_tokens: int | None = field(default=None, metadata=_at_least(1))  # cap; default min(512, n_ctx // 2)
-    preload: bool = False
-    pool_size: int = field(default=1, metadata=_at_least(1))
-    max_queue: int = field(default=16, metadata=_at_least(0))
-    context_policy: str = field(default="truncate", metadata={"choices": ("truncate", "reject")})
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    """One provider + model: what is called, and how it is protected."""
-
-    name: str
-    provider: str  # "litellm" (any remote provider) or "llama_cpp"
-    model: str | None
-    timeout: float
-    retry: RetryPolicy
-    breaker: BreakerPolicy
-    api_key: Secret | None = None
-    api_base: str | None = None
-    degraded: bool = False
-    context_window: int | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)  # passed to every call
-    max_concurrency: int | None = None  # bulkhead: calls in flight to this target
-    queue_timeout: float = 0.0  # how long a caller beyond max_concurrency waits for a slot
-    first_token_timeout: float | None = None  # streams: the first content must come sooner
-    stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
-    local: LocalOptions | None = None
-    disabled: str | None = None  # why this target is out of every chain
-
-    @property
-    def is_remote(self) -> bool:
-        return self.provider != "llama_cpp"
-
-
-@dataclass(frozen=True)
-class ChainConfig:
-    name: str
-    targets: tuple[str, ...]
-    static_reply: str | None = None  # answered as served_by "static" when every target fails
-    on_content_policy: str = "propagate"  # or "fail_over"
-    mid_stream: str = "continue"  # a stream broken after content: "continue" on a target that can, or "error"
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    backend: str = field(default="memory", metadata={"choices": ("memory", "redis")})
-    url: str | None = None
-    namespace: str = "router"
-
-
-@dataclass(frozen=True)
-class EventsConfig:
-    """Listeners the config switches on (code can add its own with `listeners=`)."""
-
-    log: str = field(default="off", metadata={"choices": ("off", "text", "json")})  # a line per event
-    metrics: bool = False  # Prometheus metrics on the default registry (the `metrics` extra)
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    targets: Mapping[str, TargetConfig]
-    chains: Mapping[str, ChainConfig]
-    deadline: float = 90.0
-    state: StateConfig = StateConfig()
-    offline: bool = False
-    events: EventsConfig = EventsConfig()
-    source: str = "<dict>"
 
 
 PROVIDERS = ("litellm", "llama_cpp")
@@ -151,8 +40,8 @@ _LIMITS: dict[str, tuple[type, float, bool]] = {
     "stream_idle_timeout": (float, 0, True),
 }
 _DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", *_LIMITS)
-_TARGET_KEYS = ("provider", "model", "api_key", "api_base", "retry", "breaker", "degraded", "context_window",
-                "params", *_LIMITS)
+# Every field of TargetConfig is a key of a target, except those the loader fills in.
+_TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("name", "local", "disabled"))
 _CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")

@@ -14,7 +14,8 @@ from typing import Any, Literal, overload
 
 from .breaker import Circuit
 from .bulkhead import Bulkhead
-from .config import ChainConfig, RouterConfig, TargetConfig, config_from_dict, load_config
+from .config import config_from_dict, load_config
+from .schema import ChainConfig, RouterConfig, TargetConfig
 from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
 from .outcomes import Failure

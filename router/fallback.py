@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from .breaker import CLOSED, OPEN, CircuitStorage, MemoryCircuitStorage, ProbeSlots, Ticket, View
 from .budget import RedisRetryBudget, RetryBudget
-from .config import BreakerPolicy
+from .schema import BreakerPolicy
 
 log = logging.getLogger("router")
 

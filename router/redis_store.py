@@ -29,7 +29,7 @@ from typing import Any
 import pybreaker
 
 from .breaker import STATE_NAMES, CircuitStorage, Ticket, View
-from .config import BreakerPolicy
+from .schema import BreakerPolicy
 
 # KEYS: state, fail_counter, success_counter, opened_at, epoch
 # ARGV: op, epoch of the caller's ticket ('' for any), fail_max, success_threshold, reset_timeout, seconds

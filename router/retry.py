@@ -18,7 +18,7 @@ from typing import Any
 
 import tenacity
 
-from .config import RetryPolicy
+from .schema import RetryPolicy
 from .outcomes import Failure, Outcome
 
 # An attempt that would have less than this left before the deadline is not started.

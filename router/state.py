@@ -15,7 +15,7 @@ from typing import Any
 
 from .breaker import CircuitStorage, MemoryCircuitStorage, ProbeSlots
 from .budget import RedisRetryBudget, RetryBudget, UnlimitedBudget
-from .config import RetryBudgetPolicy, StateConfig
+from .schema import RetryBudgetPolicy, StateConfig
 from .errors import ConfigError
 from .fallback import FallbackCircuitStorage, FallbackProbeSlots, FallbackRetryBudget, RedisLink
 from .redis_store import RedisCircuitStorage, RedisProbeSlots, RedisScripts, target_prefix

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .breaker import CircuitOpen
-from .config import TargetConfig
+from .schema import TargetConfig
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
 from .response import Chunk, ChunkChoice, Delta, Route

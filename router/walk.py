@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tenacity
 
 from .breaker import CircuitOpen, Ticket
-from .config import ChainConfig, TargetConfig
+from .schema import ChainConfig, TargetConfig
 from .errors import AllTargetsFailed, ContentRejected
 from .outcomes import Outcome, TargetFailure, classify
 from .request import Request

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..config import TargetConfig
+from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
 

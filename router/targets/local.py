@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..config import LocalOptions, TargetConfig
+from ..schema import LocalOptions, TargetConfig
 from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request

@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..config import TargetConfig
+from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
 from . import Note
