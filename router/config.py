@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .recovery import MID_STREAM_CHOICES
 from .redact import Secret
 from .schema import (BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
                      RouterConfig, StateConfig, TargetConfig)
@@ -172,6 +173,7 @@ class _Loader:
             retry=self.build(RetryPolicy, data.get("retry", {}), f"{path}.retry", base.retry),
             breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
+            prefill=self.value(data["prefill"], f"{path}.prefill", bool) if "prefill" in data else None,
             context_window=context_window,
             params={**base.params, **self.mapping(data.get("params", {}), f"{path}.params")},
             local=local,
@@ -201,7 +203,7 @@ class _Loader:
             static = self.value(static, f"{path}.static_reply", str)
         policy = self.choice(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy",
                              ("propagate", "fail_over"))
-        mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", ("continue", "error"))
+        mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", MID_STREAM_CHOICES)
         return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy,
                            mid_stream=mid_stream)
 

@@ -84,6 +84,7 @@ class TargetConfig:
     queue_timeout: float = 0.0  # how long a caller beyond max_concurrency waits for a slot
     first_token_timeout: float | None = None  # streams: the first content must come sooner
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
+    prefill: bool | None = None  # accepts an assistant prefill (continues a broken stream); None: litellm's model info
     local: LocalOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
 
@@ -98,7 +99,7 @@ class ChainConfig:
     targets: tuple[str, ...]
     static_reply: str | None = None  # answered as served_by "static" when every target fails
     on_content_policy: str = "propagate"  # or "fail_over"
-    mid_stream: str = "continue"  # a stream broken after content: "continue" on a target that can, or "error"
+    mid_stream: str = "continue"  # a stream broken after content: "continue", "restart" or "error" (recovery.py)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ thread into a queue that the reader waits on with a timeout; an async one (litel
 read under `asyncio.wait_for`. Both answer `END` when the stream is over and raise
 `Stalled` when nothing came in time, so a stall is detected to the tenth of a second
 whatever the HTTP client's own timeouts are.
+
+Closing a source hangs up its connection at once, even while a thread is blocked reading
+it (a stalled provider holding the socket open): the socket is shut down, which wakes
+that read; closing it alone would not, nor tell the server.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,12 +34,15 @@ class ThreadedSource:
     def __init__(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
         self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
         self._stop = threading.Event()
+        self._chunks: Any = None
         threading.Thread(target=self._pump, args=(open_chunks,), daemon=True, name="router-stream").start()
 
     def _pump(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
         chunks = None
         try:
-            chunks = open_chunks()
+            chunks = self._chunks = open_chunks()
+            if self._stop.is_set():  # closed while opening
+                hang_up(chunks)
             for chunk in chunks:
                 if self._stop.is_set():
                     break
@@ -57,6 +65,8 @@ class ThreadedSource:
 
     def close(self) -> None:
         self._stop.set()
+        if self._chunks is not None:
+            hang_up(self._chunks)
 
     async def anext(self, timeout: float) -> Any:
         return await asyncio.to_thread(self.next, timeout)
@@ -91,3 +101,15 @@ class AsyncSource:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
+
+
+def hang_up(chunks: Any) -> None:
+    """Shut down the socket under litellm's sync chunk iterator (its OpenAI SDK stream's
+    httpx response), waking a thread blocked reading it; anything else is left alone."""
+    response = getattr(getattr(chunks, "completion_stream", chunks), "response", None)
+    extensions = getattr(response, "extensions", None)
+    network = extensions.get("network_stream") if isinstance(extensions, dict) else None
+    sock = network.get_extra_info("socket") if network is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)

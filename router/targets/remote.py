@@ -1,21 +1,28 @@
 """Remote providers, all through litellm.
 
-litellm is imported on the first remote call, not with `router`: it takes seconds to
-import and, unless told otherwise, downloads a price list while doing so.
+litellm is imported off `import router`: it takes seconds to import (2-5 s on this
+2-core machine) and, unless told otherwise, downloads a price list while doing so. A
+Router with remote targets starts the import in a background thread when it is built,
+and every attempt waits for it (`ready`) before its clock starts: our own import never
+counts against a provider's `timeout` or `first_token_timeout`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..recovery import prefill_messages
 from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
 from . import Note
 
 _litellm: Any = None
+_import_lock = threading.Lock()
 
 
 def litellm_module() -> Any:
@@ -26,27 +33,66 @@ def litellm_module() -> Any:
     """
     global _litellm
     if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
+        with _import_lock:  # a second caller waits for the first import instead of racing it
+            if _litellm is None:
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                import litellm
 
-        litellm.suppress_debug_info = True
-        _litellm = litellm
+                litellm.suppress_debug_info = True
+                _litellm = litellm
     return _litellm
+
+
+def import_litellm_in_background() -> None:
+    """Start importing litellm in a daemon thread unless it is loaded or loading."""
+    if _litellm is None and not _import_lock.locked():
+        threading.Thread(target=litellm_module, daemon=True, name="router-import-litellm").start()
+
+
+def model_supports_prefill(model: str) -> bool:
+    """litellm's model info `supports_assistant_prefill` for `model`; False for a model it
+    does not know (an OpenAI-compatible server's model, say)."""
+    litellm_module()
+    from litellm.utils import supports_assistant_prefill
+
+    try:
+        return bool(supports_assistant_prefill(model=model))
+    except Exception:  # unknown model or provider: litellm raises rather than answers
+        return False
 
 
 class RemoteTarget:
     """One provider + model reached with `litellm.completion`."""
 
-    continues_streams = False  # providers do not reliably resume from a partial assistant turn
-
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
+        self._prefill: bool | None = config.prefill
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
         if config.api_key is not None:
             fixed["api_key"] = config.api_key.reveal()
         self._fixed = fixed
+
+    @property
+    def continues_streams(self) -> bool:
+        """Whether it takes an assistant prefill (`prefill:`, else litellm's model info):
+        then it can continue a stream another target broke."""
+        if self._prefill is None:
+            self._prefill = model_supports_prefill(self.config.model or "")
+        return self._prefill
+
+    def refused_prefill(self) -> None:
+        """It answered a prefill with a 400: do not ask it to continue a stream again."""
+        self._prefill = False
+
+    def ready(self) -> None:
+        """Block until litellm is imported: call before an attempt's clock starts."""
+        litellm_module()
+
+    async def aready(self) -> None:
+        if _litellm is None:
+            await asyncio.to_thread(litellm_module)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         raw = litellm_module().completion(**self._arguments(request, timeout))
@@ -56,16 +102,17 @@ class RemoteTarget:
         raw = await litellm_module().acompletion(**self._arguments(request, timeout))
         return Response.from_openai(raw)
 
-    def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[Any]:
-        """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
-        return litellm_module().completion(stream=True, **self._arguments(request, timeout))
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
+        """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps.
+        `partial`: continue that answer, sent as an assistant prefill."""
+        return litellm_module().completion(stream=True, **self._arguments(request, timeout, partial))
 
-    async def astream(self, request: Request, *, timeout: float, note: Note) -> AsyncIterator[Any]:
-        return await litellm_module().acompletion(stream=True, **self._arguments(request, timeout))
+    async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
+        return await litellm_module().acompletion(stream=True, **self._arguments(request, timeout, partial))
 
-    def _arguments(self, request: Request, timeout: float) -> dict[str, Any]:
-        return {"messages": request.messages, "timeout": timeout, **self.config.params, **request.params,
-                **self._fixed}
+    def _arguments(self, request: Request, timeout: float, partial: str = "") -> dict[str, Any]:
+        messages = prefill_messages(request.messages, partial) if partial else request.messages
+        return {"messages": messages, "timeout": timeout, **self.config.params, **request.params, **self._fixed}
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"

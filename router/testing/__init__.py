@@ -19,6 +19,7 @@ from .faults import (
     malformed,
     ok,
     recover_after,
+    refuse_prefill,
     reset,
     status,
     stream,
@@ -28,5 +29,5 @@ from .server import FaultServer, ReceivedRequest
 __all__ = [
     "FaultServer", "ReceivedRequest", "Fault", "faults",
     "ok", "status", "context_too_long", "content_policy", "hang", "reset",
-    "malformed", "flaky", "recover_after", "stream",
+    "malformed", "flaky", "recover_after", "stream", "refuse_prefill",
 ]

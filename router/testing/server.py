@@ -129,6 +129,7 @@ class FaultServer:
         self._default = _Step(faults.ok())
         self._log: list = []
         self._by_model: dict = {}
+        self._left: dict = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "FaultServer":
@@ -203,6 +204,19 @@ class FaultServer:
         with self._lock:
             return len(self._log if model is None else self._by_model.get(model, ()))
 
+    def hangups(self, model: Optional[str] = None) -> list[float]:
+        """``time.monotonic()`` of each time a client of ``model`` (any model if None) closed
+        its connection while the server was holding it inside a fault (a hang, a stall, a
+        first token that never comes): how a test sees that the client hung up."""
+        with self._lock:
+            if model is None:
+                return sorted(t for times in self._left.values() for t in times)
+            return list(self._left.get(model, ()))
+
+    def _client_left(self, model: Optional[str], t: float) -> None:
+        with self._lock:
+            self._left.setdefault(model, []).append(t)
+
     def reset(self) -> None:
         """Forget scripts, the default and the request log, as if freshly started."""
         with self._lock:
@@ -233,7 +247,7 @@ class FaultServer:
             else:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
-            return faults.resolve(step.fault, step.state, t)
+            return faults.resolve(step.fault, step.state, t, body)
 
     def __repr__(self) -> str:
         state = "running" if self._httpd is not None else "stopped"
