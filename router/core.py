@@ -62,9 +62,9 @@ class Router:
             if target.local is not None and target.local.preload and name in self._targets:
                 self._targets[name].preload()  # type: ignore[attr-defined]
         if not config.offline and any(t.is_remote and t.name in self._targets for t in config.targets.values()):
-            from .targets.remote import import_litellm_in_background
+            from .targets.remote import warm_litellm_in_background
 
-            import_litellm_in_background()  # seconds of import, off the first call's clock
+            warm_litellm_in_background()  # seconds of imports, off the first call's clock
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .outcomes import Failure, Outcome, TargetFailure
+from .outcomes import Outcome, TargetFailure, classify
 from .response import Chunk, ChunkChoice, Delta
 
 CONTINUE, RESTART, ERROR = "continue", "restart", "error"
@@ -87,11 +87,24 @@ def first_token_missed(seconds: float) -> TargetFailure:
     return TargetFailure(Outcome.SILENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
 
 
-def refused_prefill(failure: Failure, partial: str) -> bool:
-    """A request rejected (400) while carrying a prefill: the target refuses assistant
-    prefills, as far as this call can tell. It is recorded in the route and passed over,
-    never surfaced as the caller's error: the break that made us ask is the real one."""
-    return bool(partial) and failure.outcome is Outcome.REJECTED
+class PrefillRefused(TargetFailure):
+    """A target answered a continuation (a request ending with the assistant's partial
+    turn) with a 400: it refuses assistant prefills, as far as this call can tell."""
+
+
+def explain(exc: BaseException, partial: str) -> BaseException:
+    """What a continuation attempt's error was: a rejection of a prefilled request is a
+    `PrefillRefused` (outcome `rejected`, counted against nothing, recorded in the route,
+    never the caller's final error: the break that made us ask is the real one); anything
+    else is itself."""
+    if not partial:
+        return exc
+    failure = classify(exc)
+    if failure.outcome is not Outcome.REJECTED:
+        return exc
+    refused = PrefillRefused(Outcome.REJECTED, f"refused the assistant prefill: {failure.message}", failure.status)
+    refused.__cause__ = exc
+    return refused
 
 
 def restart_marker(stream_id: str, model: str) -> Chunk:

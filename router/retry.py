@@ -28,13 +28,18 @@ MIN_ATTEMPT_S = 0.05
 class Deadline:
     """One time budget for a whole call: every wait and every attempt's timeout fit in it."""
 
-    __slots__ = ("end",)
+    __slots__ = ("end", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.end = time.monotonic() + seconds
 
     def remaining(self) -> float:
         return self.end - time.monotonic()
+
+    def renewed(self) -> Deadline:
+        """The same budget, counted again from now (a stream's recovery after a break)."""
+        return Deadline(self.seconds)
 
 
 class AttemptFailed(Exception):

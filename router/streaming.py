@@ -1,5 +1,5 @@
-"""Streams: failover until the first content reaches the caller; after that, continuation
-on a target that can pick up from the text already sent, or `StreamInterrupted`.
+"""Streams: failover until the first content reaches the caller; after that, a break is
+recovered as the chain's `mid_stream` says (recovery.py: continue, restart or error).
 
 Opening a stream walks the chain like a plain call, except that an attempt succeeds only
 once its first content chunk has arrived (chunks before it are held back, so a failover
@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import recovery
 from .breaker import CircuitOpen
 from .schema import TargetConfig
 from .errors import StreamInterrupted
-from .outcomes import Outcome, TargetFailure
+from .outcomes import Outcome, TargetFailure, classify
+from .recovery import Recovery
 from .response import Chunk, ChunkChoice, Delta, Route
 from .retry import AttemptFailed, Deadline
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
-from .walk import Admission, Walk, with_retries, with_retries_async
+from .walk import Admission, Walk, aready, ready, with_retries, with_retries_async
 
 @dataclass
 class _Opened:
@@ -50,6 +52,8 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.restarts = 0
+        self.broken_at = 0  # index in route.attempts of the last break
         if opened is not None:
             self.switch(opened)
 
@@ -66,12 +70,17 @@ class _StreamCore:
         assert self.opened is not None
         return self.opened.config.stream_idle_timeout or self.opened.config.timeout
 
-    def switch(self, opened: _Opened) -> None:
+    def switch(self, opened: _Opened, plan: Recovery | None = None) -> None:
         route = self.walk.route
-        if self.opened is not None:
+        if self.opened is not None and plan is not None:
             self.continued = True
-            route.notes.append(f"{opened.config.name}: continued the stream after {self.opened.config.name} "
-                               f"broke at {len(self.text)} characters")
+            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name,
+                                                       len(self.text)))
+            if plan.restarts:
+                self.restarts += 1
+                self.parts = []
+                model = opened.prelude[0].model if opened.prelude else ""
+                self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
@@ -87,7 +96,7 @@ class _StreamCore:
         return None
 
     def deliver(self, chunk: Chunk) -> Chunk | None:
-        if self.continued and not _carries_answer(chunk):
+        if self.continued and not chunk.restart and not _carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
         self.parts.append(chunk.text)
@@ -97,29 +106,34 @@ class _StreamCore:
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
-            raise TargetFailure(Outcome.TRANSIENT, "the stream ended without a finish_reason (truncated)")
+            raise recovery.truncated()
         assert self.opened is not None
         self.walk.succeeded(self.opened.config, self.opened.admission)
         self.walk.finish("ok")
         self.opened = None
 
-    def broke(self, exc: BaseException) -> list[TargetConfig]:
-        """Record the break against the target; the targets that may continue the stream."""
+    def broke(self, exc: BaseException) -> tuple[Recovery | None, AttemptFailed]:
+        """Record the break against the target; how the chain recovers from it."""
         assert self.opened is not None
         broken = self.opened.config
         if isinstance(exc, Stalled):
-            exc = TargetFailure(Outcome.TRANSIENT, f"the stream stalled: no chunk for {self.idle_timeout:g} s")
-        self.walk.failed(broken, self.opened.admission, exc)
-        if self.walk.chain.mid_stream != "continue":
-            return []
-        self.walk.deadline = Deadline(self.walk.router.config.deadline)  # reaching new content gets a budget
-        return list(self.walk.targets(after=broken.name, can_continue=True))
+            exc = recovery.stalled(self.idle_timeout)
+        failed = self.walk.failed(broken, self.opened.admission, exc)
+        self.broken_at = len(self.walk.route.attempts) - 1
+        # reaching new content gets the caller's deadline again, counted from the break
+        self.walk.deadline = self.walk.deadline.renewed()
+        plan = recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
+                             lambda name: _continues_streams(self.walk, name))
+        return plan, failed
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
         self.walk.finish("failed")
         text = self.text
+        tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
+                 for a in self.walk.route.attempts[self.broken_at + 1:]]
+        then = f"; then {'; '.join(tried)}" if tried else ""
         return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
-                                 f"target could continue it: {self.walk.detail(str(exc) or type(exc).__name__)}",
+                                 f"target could continue it: {self.walk.detail(classify(exc).message)}{then}",
                                  partial_text=text, route=self.walk.route)
 
     def abandon(self) -> None:
@@ -143,7 +157,14 @@ class Stream:
 
     @property
     def text(self) -> str:
+        """The answer so far (after a restart: the restarted answer only)."""
         return self._core.text
+
+    @property
+    def restarts(self) -> int:
+        """How many times the answer started over (`mid_stream: restart`); each restart is
+        announced by a chunk with `restart=True` before any of its text."""
+        return self._core.restarts
 
     def __iter__(self) -> Stream:
         return self
@@ -165,15 +186,21 @@ class Stream:
                 chunk = core.deliver(Chunk.from_openai(raw))
                 if chunk is not None:
                     return chunk
+                continue
             except (KeyboardInterrupt, SystemExit):
                 self.close()
                 raise
             except Exception as exc:
-                opened.source.close()
-                replacement = open_sync(core.walk, core.broke(exc), partial=core.text)
-                if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
-                core.switch(replacement)
+                broke = exc
+            # recovered outside the except block: what a recovery attempt raises must not
+            # get the break as its implicit __context__ (classify reads that chain)
+            opened.source.close()
+            plan, failed = core.broke(broke)
+            replacement = plan and open_sync(core.walk, core.walk.targets(plan.targets), plan.partial,
+                                             broken=(opened.config.name, failed))
+            if not replacement:
+                raise core.interrupted(broke, opened.config) from broke
+            core.switch(replacement, plan)
 
     def close(self) -> None:
         opened = self._core.opened
@@ -204,7 +231,13 @@ class AsyncStream:
 
     @property
     def text(self) -> str:
+        """The answer so far (after a restart: the restarted answer only)."""
         return self._core.text
+
+    @property
+    def restarts(self) -> int:
+        """How many times the answer started over; see `Stream.restarts`."""
+        return self._core.restarts
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -226,15 +259,19 @@ class AsyncStream:
                 chunk = core.deliver(Chunk.from_openai(raw))
                 if chunk is not None:
                     return chunk
+                continue
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 await self.aclose()
                 raise
             except Exception as exc:
-                await opened.source.aclose()
-                replacement = await open_async(core.walk, core.broke(exc), partial=core.text)
-                if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
-                core.switch(replacement)
+                broke = exc
+            await opened.source.aclose()  # recovered outside the except block: see Stream
+            plan, failed = core.broke(broke)
+            replacement = plan and await open_async(core.walk, core.walk.targets(plan.targets), plan.partial,
+                                                    broken=(opened.config.name, failed))
+            if not replacement:
+                raise core.interrupted(broke, opened.config) from broke
+            core.switch(replacement, plan)
 
     async def aclose(self) -> None:
         opened = self._core.opened
@@ -261,61 +298,89 @@ async def stream_async(walk: Walk) -> AsyncStream:
     return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
 
 
-def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
+def open_sync(walk: Walk, configs: Any, partial: str = "",
+              broken: tuple[str, AttemptFailed] | None = None) -> _Opened | None:
+    """The first of `configs` whose stream reaches content, continuing `partial` when
+    given; `broken`: the target whose stream broke and how (it retries from there)."""
     for config in configs:
         target = walk.router._targets[config.name]
         bulkhead = walk.router._bulkheads[config.name]
         note = walk.note(config)
 
         def attempt() -> _Opened:
+            ready(target)
             admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
             source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = _first_content(walk, config, admission, source.next)
             except BaseException as exc:
                 source.close()
-                raise walk.failed(config, admission, exc) from exc
+                raise walk.failed(config, admission, _explained(target, exc, partial)) from exc
             return _Opened(config, admission, source, prelude)
 
         try:
-            return with_retries(walk, config, attempt)
+            return with_retries(walk, config, attempt, after=_after(broken, config))
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
     return None
 
 
-async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
+async def open_async(walk: Walk, configs: Any, partial: str = "",
+                     broken: tuple[str, AttemptFailed] | None = None) -> _Opened | None:
     for config in configs:
         target = walk.router._targets[config.name]
         bulkhead = walk.router._bulkheads[config.name]
         note = walk.note(config)
 
         async def attempt() -> _Opened:
+            await aready(target)
             admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
             astream = getattr(target, "astream", None)
             source: Any
-            if astream is not None and not partial:
-                source = AsyncSource(lambda: astream(walk.request, timeout=admission.timeout, note=note))
+            if astream is not None:
+                source = AsyncSource(lambda: _achunks(astream, walk, admission, note, partial))
             else:
                 source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = await _afirst_content(walk, config, admission, source.anext)
             except BaseException as exc:
                 await source.aclose()
-                raise walk.failed(config, admission, exc) from exc
+                raise walk.failed(config, admission, _explained(target, exc, partial)) from exc
             return _Opened(config, admission, source, prelude)
 
         try:
-            return await with_retries_async(walk, config, attempt)
+            return await with_retries_async(walk, config, attempt, after=_after(broken, config))
         except (CircuitOpen, AttemptFailed) as exc:
             walk.target_failed(config, exc)
     return None
+
+
+def _after(broken: tuple[str, AttemptFailed] | None, config: TargetConfig) -> AttemptFailed | None:
+    return broken[1] if broken is not None and broken[0] == config.name else None
+
+
+def _explained(target: Any, exc: BaseException, partial: str) -> BaseException:
+    """A continuation's refusal of the prefill is recorded as such, and remembered."""
+    explained = recovery.explain(exc, partial)
+    if isinstance(explained, recovery.PrefillRefused):
+        getattr(target, "refused_prefill", lambda: None)()
+    return explained
+
+
+def _continues_streams(walk: Walk, name: str) -> bool:
+    return bool(getattr(walk.router._targets.get(name), "continues_streams", False))
 
 
 def _chunks(target: Any, walk: Walk, admission: Admission, note: Any, partial: str) -> Iterator[Any]:
     if partial:
         return target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
     return target.stream(walk.request, timeout=admission.timeout, note=note)
+
+
+def _achunks(astream: Any, walk: Walk, admission: Admission, note: Any, partial: str) -> Any:
+    if partial:
+        return astream(walk.request, timeout=admission.timeout, note=note, partial=partial)
+    return astream(walk.request, timeout=admission.timeout, note=note)
 
 
 def _first_content(walk: Walk, config: TargetConfig, admission: Admission, read: Callable[[float], Any]) -> deque[Chunk]:
@@ -349,8 +414,7 @@ def _first_token_limit(config: TargetConfig, admission: Admission) -> Deadline:
 def _first_token_failure(walk: Walk, config: TargetConfig) -> TargetFailure:
     if walk.deadline.remaining() <= 0.01:
         return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
-    seconds = config.first_token_timeout or config.timeout
-    return TargetFailure(Outcome.TRANSIENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
+    return recovery.first_token_missed(config.first_token_timeout or config.timeout)
 
 
 def _starts_answer(raw: Any, held: deque[Chunk]) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,16 +61,11 @@ class Walk:
 
     # -- which targets ---------------------------------------------------------------------
 
-    def targets(self, after: str | None = None, can_continue: bool = False) -> Iterator[TargetConfig]:
-        """The chain's targets (those `after` one, those that can continue a broken stream)
-        that are worth an attempt now; the others are recorded as skipped."""
-        names = self.chain.targets
-        if after is not None:
-            names = names[names.index(after) + 1:]
-        for name in names:
+    def targets(self, names: Sequence[str] | None = None) -> Iterator[TargetConfig]:
+        """The chain's targets (or those `names`) that are worth an attempt now; the others
+        are recorded as skipped."""
+        for name in self.chain.targets if names is None else names:
             config = self.router.config.targets[name]
-            if can_continue and not getattr(self.router._targets.get(name), "continues_streams", False):
-                continue
             skip = self._skip(config)
             if skip is None:
                 yield config
@@ -256,6 +251,7 @@ def walk_sync(walk: Walk) -> Response:
         note = walk.note(config)
 
         def attempt() -> Response:
+            ready(target)
             admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
             try:
                 response = target.complete(walk.request, timeout=admission.timeout, note=note)
@@ -280,6 +276,7 @@ async def walk_async(walk: Walk) -> Response:
         note = walk.note(config)
 
         async def attempt() -> Response:
+            await aready(target)
             admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
             try:
                 response = await _acomplete(target, walk.request, admission.timeout, note)
@@ -297,18 +294,24 @@ async def walk_async(walk: Walk) -> Response:
     return walk.give_up()
 
 
-def with_retries(walk: Walk, config: TargetConfig, attempt: Callable[[], T]) -> T:
+def with_retries(walk: Walk, config: TargetConfig, attempt: Callable[[], T], after: AttemptFailed | None = None) -> T:
     """`attempt()`, then tenacity's loop only if it failed: the first try, which usually
     succeeds, pays nothing for the retry machinery. The loop starts by replaying that
-    first failure, so its waits and stops are exactly those of a loop from the start."""
+    first failure, so its waits and stops are exactly those of a loop from the start.
+    `after`: the target already failed once in this call (a broken stream): start there."""
     try:
+        if after is not None:
+            raise after
         return attempt()
     except AttemptFailed as first:
         return walk.retrying(config, tenacity.Retrying, walk.router._sleep)(_replaying(first, attempt))
 
 
-async def with_retries_async(walk: Walk, config: TargetConfig, attempt: Callable[[], Awaitable[T]]) -> T:
+async def with_retries_async(walk: Walk, config: TargetConfig, attempt: Callable[[], Awaitable[T]],
+                             after: AttemptFailed | None = None) -> T:
     try:
+        if after is not None:
+            raise after
         return await attempt()
     except AttemptFailed as first:
         replay = _replaying(first, attempt)
@@ -328,6 +331,19 @@ def _replaying(first: AttemptFailed, attempt: Callable[[], Any]) -> Callable[[],
         return attempt()
 
     return replay
+
+
+def ready(target: Any) -> None:
+    """Wait until the target can send (litellm imported): before an attempt's clock starts."""
+    prepare = getattr(target, "ready", None)
+    if prepare is not None:
+        prepare()
+
+
+async def aready(target: Any) -> None:
+    prepare = getattr(target, "aready", None)
+    if prepare is not None:
+        await prepare()
 
 
 async def _acomplete(target: Any, request: Request, timeout: float, note: Any) -> Response:

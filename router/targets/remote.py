@@ -1,10 +1,13 @@
 """Remote providers, all through litellm.
 
-litellm is imported off `import router`: it takes seconds to import (2-5 s on this
-2-core machine) and, unless told otherwise, downloads a price list while doing so. A
-Router with remote targets starts the import in a background thread when it is built,
-and every attempt waits for it (`ready`) before its clock starts: our own import never
-counts against a provider's `timeout` or `first_token_timeout`.
+litellm is imported off `import router`: it takes seconds to import (2-11 s on this
+busy 2-core machine) and, unless told otherwise, downloads a price list while doing so.
+Its first call then imports ~100 more modules (the provider's handler, the HTTP client,
+the stream wrapper: another 1-2.5 s, measured). A Router with remote targets does both in
+a background thread when it is built (`warm_litellm`: the import, then one sync and one
+async stream answered by litellm's own `mock_response`, no network), and every attempt
+waits for that (`ready`) before its clock starts: our own imports never count against a
+provider's `timeout` or `first_token_timeout` (first call after warming: 0.09 s).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from . import Note
 
 _litellm: Any = None
 _import_lock = threading.Lock()
+_warm_lock = threading.Lock()
+_warm = threading.Event()
 
 
 def litellm_module() -> Any:
@@ -43,10 +48,39 @@ def litellm_module() -> Any:
     return _litellm
 
 
-def import_litellm_in_background() -> None:
-    """Start importing litellm in a daemon thread unless it is loaded or loading."""
-    if _litellm is None and not _import_lock.locked():
-        threading.Thread(target=litellm_module, daemon=True, name="router-import-litellm").start()
+def warm_litellm() -> None:
+    """Import litellm and load what its first stream loads, once (later callers wait)."""
+    if _warm.is_set():
+        return
+    with _warm_lock:
+        if _warm.is_set():
+            return
+        litellm = litellm_module()
+        if not (litellm.callbacks or litellm.success_callback or litellm.failure_callback):  # no fake call logged
+            try:
+                _mock_streams(litellm)
+            except Exception:  # an optimisation only: the first real call loads what is missing
+                pass
+        _warm.set()
+
+
+def _mock_streams(litellm: Any) -> None:
+    args = {"model": "openai/router-warm-up", "messages": [{"role": "user", "content": "hi"}],
+            "mock_response": "ok", "api_key": "unused", "stream": True}
+    for _ in litellm.completion(**args):
+        pass
+
+    async def drain() -> None:
+        async for _ in await litellm.acompletion(**args):
+            pass
+
+    asyncio.run(drain())
+
+
+def warm_litellm_in_background() -> None:
+    """Start `warm_litellm` in a daemon thread unless it is done or under way."""
+    if not _warm.is_set() and not _warm_lock.locked():
+        threading.Thread(target=warm_litellm, daemon=True, name="router-warm-litellm").start()
 
 
 def model_supports_prefill(model: str) -> bool:
@@ -87,12 +121,12 @@ class RemoteTarget:
         self._prefill = False
 
     def ready(self) -> None:
-        """Block until litellm is imported: call before an attempt's clock starts."""
-        litellm_module()
+        """Block until litellm is imported and warm: call before an attempt's clock starts."""
+        warm_litellm()
 
     async def aready(self) -> None:
-        if _litellm is None:
-            await asyncio.to_thread(litellm_module)
+        if not _warm.is_set():
+            await asyncio.to_thread(warm_litellm)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         raw = litellm_module().completion(**self._arguments(request, timeout))
