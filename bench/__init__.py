@@ -14,6 +14,10 @@
   `litellm.acompletion`: requests per second (module ``asyncload``).
 - ``fleet``: 4 processes x 4 threads against a dead primary, circuit state in memory vs
   shared in Redis: how many requests reach the primary; and the happy-path cost of Redis.
+- ``streams``: 50 streamed calls whose primary is cut at 2/3 of the answer, recovered by a
+  continuation on a prefill target vs a restart vs an uninterrupted stream: time to the
+  last token as a ratio to the uninterrupted stream, and garbled answers (module
+  ``streamrecovery``; its fault server runs in a thread of the benchmark's process).
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete

@@ -81,7 +81,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
             getattr(self, "_play_" + fault.kind)(fault, body)
         except _ClientLeft:
             self.close_connection = True
-            self.server.owner._client_left(model if isinstance(model, str) else None, time.monotonic())
+            self.server.owner.client_left(model if isinstance(model, str) else None, time.monotonic())
         except _Stopped:
             self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):

@@ -213,7 +213,8 @@ class FaultServer:
                 return sorted(t for times in self._left.values() for t in times)
             return list(self._left.get(model, ()))
 
-    def _client_left(self, model: Optional[str], t: float) -> None:
+    def client_left(self, model: Optional[str], t: float) -> None:
+        """Called by the request handler when a client hangs up inside a fault."""
         with self._lock:
             self._left.setdefault(model, []).append(t)
 
