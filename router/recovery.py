@@ -25,6 +25,7 @@ refusal is); the stream shells in streaming.py do the I/O.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +80,21 @@ def stalled(idle_timeout: float) -> TargetFailure:
 def truncated() -> TargetFailure:
     """A body that ended without a finish_reason: cut, a transient failure of the target."""
     return TargetFailure(Outcome.TRANSIENT, "the stream ended without a finish_reason (truncated)")
+
+
+def break_note(exc: BaseException) -> str | None:
+    """A route note for a break worth naming: an SSE event that was not valid JSON.
+
+    litellm's stream reader (the OpenAI SDK's) raises on such an event and its iterator is
+    finished after that, so the event cannot be skipped: it is handled as a break."""
+    link: BaseException | None = exc
+    seen: set[int] = set()
+    while link is not None and id(link) not in seen:
+        if isinstance(link, json.JSONDecodeError):
+            return f"an SSE event was not valid JSON ({link.msg}): handled as a break"
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return None
 
 
 def first_token_missed(seconds: float) -> TargetFailure:

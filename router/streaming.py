@@ -118,6 +118,9 @@ class _StreamCore:
         broken = self.opened.config
         if isinstance(exc, Stalled):
             exc = recovery.stalled(self.idle_timeout)
+        note = recovery.break_note(exc)
+        if note is not None:
+            self.walk.note(broken)(note)
         failed = self.walk.failed(broken, self.opened.admission, exc)
         self.broken_at = len(self.walk.route.attempts) - 1
         # reaching new content gets the caller's deadline again, counted from the break

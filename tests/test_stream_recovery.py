@@ -162,6 +162,8 @@ def test_a_break_after_content_continues_on_a_prefill_target_as_one_answer(serve
     assert not any(c.restart for c in got.chunks)
     bound = IDLE + 3.0 if kind == "stall_30s" else 3.0
     assert got.elapsed < bound
+    if kind == "invalid_event":
+        assert any(n.startswith("primary: an SSE event was not valid JSON") for n in got.stream.route.notes)
     if kind == "stall_30s":  # detected within the idle window, and the stalled connection closed
         (hung_up,) = hangups(server, "p")
         assert hung_up < IDLE + 2.0
