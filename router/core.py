@@ -14,13 +14,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from .breaker import Circuit
-from .bulkhead import Bulkhead
 from .config import config_from_dict, load_config
 from .deadline import Deadline
 from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
-from .guard import Guard
+from .guard import Guard, build_guard
 from .redact import Redactor
 from .request import build_request
 from .response import Response
@@ -48,11 +46,7 @@ class Router:
         self._async_sleep = async_sleep
         self._events = Events([*_configured_listeners(config), *listeners])
         self._state = build_state(config.state, source=config.source)
-        state = self._state
-        self._guards = {name: Guard(target, Circuit(name, target.breaker, storage=state.circuit_storage(name),
-                                                    probes=state.probes(name), on_change=self._circuit_changed),
-                                    state.budget(name, target.retry.budget),
-                                    Bulkhead(target.max_concurrency, target.queue_timeout))
+        self._guards = {name: build_guard(target, self._state, self._circuit_changed)
                         for name, target in config.targets.items()}
         self._targets: dict[str, Target] = {name: build_target(target) for name, target in config.targets.items()
                                             if not target.disabled}

@@ -14,6 +14,7 @@ the caller closed its stream). Each of those gives the slot back.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .breaker import Circuit, CircuitOpen, Ticket
@@ -21,6 +22,7 @@ from .budget import Budget
 from .bulkhead import Bulkhead
 from .outcomes import Failure, Handling
 from .schema import TargetConfig
+from .state import State
 
 log = logging.getLogger("router")
 
@@ -97,3 +99,14 @@ class Guard:
     def force_close(self) -> None:
         self.circuit.force_close()
         self.misconfigured = None
+
+
+def build_guard(config: TargetConfig, state: State,
+                on_change: Callable[[str, str, str], Any] | None = None) -> Guard:
+    """The guard of one target, its circuit and budget kept where `state` keeps them;
+    `on_change(target, old, new)` hears of every circuit change."""
+    name = config.name
+    circuit = Circuit(name, config.breaker, storage=state.circuit_storage(name), probes=state.probes(name),
+                      on_change=on_change)
+    return Guard(config, circuit, state.budget(name, config.retry.budget),
+                 Bulkhead(config.max_concurrency, config.queue_timeout))
