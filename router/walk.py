@@ -72,7 +72,7 @@ class Admission(NamedTuple):
     started: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Won(Generic[T]):
     """The attempt that succeeded, and what it returned."""
 
