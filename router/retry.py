@@ -49,7 +49,7 @@ class wait_retry_after(tenacity.wait.wait_base):
         self.jitter = jitter
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        failure = getattr(retry_state, "failure", None)
+        failure = retry_state.failure if isinstance(retry_state, RetryState) else None
         if failure is not None and failure.retry_after is not None:
             return failure.retry_after * (1 + random.uniform(0, self.jitter))
         return self.fallback(retry_state)

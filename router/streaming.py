@@ -155,8 +155,8 @@ class _StreamCore:
             self.walk.finish("cancelled")
 
 
-class Stream:
-    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
+class _StreamShell:
+    """What both shells show of their core."""
 
     def __init__(self, core: _StreamCore) -> None:
         self._core = core
@@ -168,6 +168,10 @@ class Stream:
     @property
     def text(self) -> str:
         return self._core.text
+
+
+class Stream(_StreamShell):
+    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
 
     def __iter__(self) -> Stream:
         return self
@@ -210,19 +214,8 @@ class Stream:
             self.close()
 
 
-class AsyncStream:
+class AsyncStream(_StreamShell):
     """`await acomplete(stream=True)`: `async for` the `Chunk`s; `route` and `text` as it goes."""
-
-    def __init__(self, core: _StreamCore) -> None:
-        self._core = core
-
-    @property
-    def route(self) -> Route:
-        return self._core.route
-
-    @property
-    def text(self) -> str:
-        return self._core.text
 
     def __aiter__(self) -> AsyncStream:
         return self
