@@ -5,10 +5,17 @@ Opening a stream walks the chain like a plain call, except that an attempt succe
 once its first content chunk has arrived (chunks before it are held back, so a failover
 stays invisible). Errors before that are raised by `complete(stream=True)` itself. The
 circuit hears about the attempt when the stream ends: success when it finished with a
-finish_reason, a (transient) failure when it broke, nothing when the caller closed it.
+finish_reason, a failure when it broke, nothing when the caller closed it.
 
 Timing is exact for both APIs (`first_token_timeout`, `stream_idle_timeout`): see
 stream_sources.py.
+
+As in walk.py, the decisions are a core without I/O and the sync and async sides are thin
+shells that mirror each other: `_StreamCore` delivers chunks, judges ends and breaks, and
+asks the walk for the targets that may continue; `Stream.__next__` and
+`AsyncStream.__anext__` only read and close sources. Opening a stream is the walk's one
+chain loop (`chain_sync` / `chain_async`) with "first content" as the attempt, and
+`_Prelude` (the chunks held back until then) its core.
 """
 
 from __future__ import annotations
@@ -16,29 +23,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import recovery
-from .breaker import CircuitOpen
-from .schema import TargetConfig
+from .deadline import Deadline
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure, classify
 from .recovery import Recovery
 from .response import Chunk, ChunkChoice, Delta, Route
-from .retry import AttemptFailed, Deadline
+from .schema import TargetConfig
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
-from .walk import Admission, Walk, aready, ready, with_retries, with_retries_async
+from .walk import Admission, Member, Walk, Won, chain_async, chain_sync
 
 @dataclass
 class _Opened:
     """A target's stream that has produced its first content."""
 
-    config: TargetConfig
+    member: Member
     admission: Admission
     source: Any
     prelude: deque[Chunk]
+
+    @property
+    def config(self) -> TargetConfig:
+        return self.member.config
 
 
 class _StreamCore:
@@ -103,17 +113,26 @@ class _StreamCore:
         self.finish_reason = chunk.finish_reason or self.finish_reason
         return chunk
 
+    def received(self, raw: Any) -> Chunk | None:
+        """One read from the source: the chunk to hand the caller, or None (the stream
+        ended, or the chunk is not for the caller)."""
+        if raw is END:
+            self.ended()
+            return None
+        return self.deliver(Chunk.from_openai(raw))
+
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
             raise recovery.truncated()
         assert self.opened is not None
-        self.walk.succeeded(self.opened.config, self.opened.admission)
+        self.walk.succeeded(self.opened.member, self.opened.admission)
         self.walk.finish("ok")
         self.opened = None
 
-    def broke(self, exc: BaseException) -> tuple[Recovery | None, AttemptFailed]:
-        """Record the break against the target; how the chain recovers from it."""
+    def broke(self, exc: BaseException) -> Recovery | None:
+        """Record the break against the target; how the chain recovers from it (None: it
+        does not, `mid_stream: error`)."""
         assert self.opened is not None
         broken = self.opened.config
         if isinstance(exc, Stalled):
@@ -121,15 +140,21 @@ class _StreamCore:
         note = recovery.break_note(exc)
         if note is not None:
             self.walk.note(broken)(note)
-        failed = self.walk.failed(broken, self.opened.admission, exc)
+        self.walk.stream_broke(self.opened.member, self.opened.admission, exc)
         self.broken_at = len(self.walk.route.attempts) - 1
-        # reaching new content gets the caller's deadline again, counted from the break
-        self.walk.deadline = self.walk.deadline.renewed()
-        plan = recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
-                             lambda name: _continues_streams(self.walk, name))
-        return plan, failed
+        return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
+                             self.walk.can_continue)
+
+    def replace(self, exc: BaseException, broken: TargetConfig, plan: Recovery | None,
+                replacement: _Opened | None) -> None:
+        """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
+        if replacement is None:
+            raise self.interrupted(exc, broken) from exc
+        self.switch(replacement, plan)
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
+        """No target took the stream up: the real error is the break (the message, the
+        cause); what each target tried after it said is appended, as facts."""
         self.walk.finish("failed")
         text = self.text
         tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
@@ -142,14 +167,14 @@ class _StreamCore:
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
         if self.opened is not None:
-            self.walk.released(self.opened.config, self.opened.admission, f"closed by the caller after "
+            self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
             self.opened = None
             self.walk.finish("cancelled")
 
 
-class Stream:
-    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
+class _StreamShell:
+    """What both shells show of their core."""
 
     def __init__(self, core: _StreamCore) -> None:
         self._core = core
@@ -169,6 +194,10 @@ class Stream:
         announced by a chunk with `restart=True` before any of its text."""
         return self._core.restarts
 
+
+class Stream(_StreamShell):
+    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
+
     def __iter__(self) -> Stream:
         return self
 
@@ -182,28 +211,24 @@ class Stream:
             if opened is None:
                 raise StopIteration
             try:
-                raw = opened.source.next(core.idle_timeout)
-                if raw is END:
-                    core.ended()
-                    continue
-                chunk = core.deliver(Chunk.from_openai(raw))
-                if chunk is not None:
-                    return chunk
-                continue
+                chunk = core.received(opened.source.next(core.idle_timeout))
             except (KeyboardInterrupt, SystemExit):
                 self.close()
                 raise
             except Exception as exc:
-                broke = exc
+                broke: Exception | None = exc
+            else:
+                broke = None
+            if broke is None:
+                if chunk is not None:
+                    return chunk
+                continue
             # recovered outside the except block: what a recovery attempt raises must not
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
-            plan, failed = core.broke(broke)
-            replacement = plan and open_sync(core.walk, core.walk.targets(plan.targets), plan.partial,
-                                             broken=(opened.config.name, failed))
-            if not replacement:
-                raise core.interrupted(broke, opened.config) from broke
-            core.switch(replacement, plan)
+            plan = core.broke(broke)
+            core.replace(broke, opened.config, plan, plan and open_sync(core.walk, core.walk.members(plan.targets),
+                                                                        plan.partial))
 
     def close(self) -> None:
         opened = self._core.opened
@@ -222,25 +247,8 @@ class Stream:
             self.close()
 
 
-class AsyncStream:
+class AsyncStream(_StreamShell):
     """`await acomplete(stream=True)`: `async for` the `Chunk`s; `route` and `text` as it goes."""
-
-    def __init__(self, core: _StreamCore) -> None:
-        self._core = core
-
-    @property
-    def route(self) -> Route:
-        return self._core.route
-
-    @property
-    def text(self) -> str:
-        """The answer so far (after a restart: the restarted answer only)."""
-        return self._core.text
-
-    @property
-    def restarts(self) -> int:
-        """How many times the answer started over; see `Stream.restarts`."""
-        return self._core.restarts
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -255,26 +263,22 @@ class AsyncStream:
             if opened is None:
                 raise StopAsyncIteration
             try:
-                raw = await opened.source.anext(core.idle_timeout)
-                if raw is END:
-                    core.ended()
-                    continue
-                chunk = core.deliver(Chunk.from_openai(raw))
-                if chunk is not None:
-                    return chunk
-                continue
+                chunk = core.received(await opened.source.anext(core.idle_timeout))
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 await self.aclose()
                 raise
             except Exception as exc:
-                broke = exc
+                broke: Exception | None = exc
+            else:
+                broke = None
+            if broke is None:
+                if chunk is not None:
+                    return chunk
+                continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
-            plan, failed = core.broke(broke)
-            replacement = plan and await open_async(core.walk, core.walk.targets(plan.targets), plan.partial,
-                                                    broken=(opened.config.name, failed))
-            if not replacement:
-                raise core.interrupted(broke, opened.config) from broke
-            core.switch(replacement, plan)
+            plan = core.broke(broke)
+            core.replace(broke, opened.config, plan, plan and await open_async(
+                core.walk, core.walk.members(plan.targets), plan.partial))
 
     async def aclose(self) -> None:
         opened = self._core.opened
@@ -289,144 +293,114 @@ class AsyncStream:
         await self.aclose()
 
 
-# -- opening: the chain walk, with "first content" as an attempt's success ----------------
+# -- opening: the walk's chain loop, with "first content" as an attempt's success ---------
 
 def stream_sync(walk: Walk) -> Stream:
-    opened = open_sync(walk, walk.targets())
+    opened = open_sync(walk, walk.members())
     return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
 
 
 async def stream_async(walk: Walk) -> AsyncStream:
-    opened = await open_async(walk, walk.targets())
+    opened = await open_async(walk, walk.members())
     return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
 
 
-def open_sync(walk: Walk, configs: Any, partial: str = "",
-              broken: tuple[str, AttemptFailed] | None = None) -> _Opened | None:
-    """The first of `configs` whose stream reaches content, continuing `partial` when
-    given; `broken`: the target whose stream broke and how (it retries from there)."""
-    for config in configs:
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
-
-        def attempt() -> _Opened:
-            ready(target)
-            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
-            source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
-            try:
-                prelude = _first_content(walk, config, admission, source.next)
-            except BaseException as exc:
-                source.close()
-                raise walk.failed(config, admission, _explained(target, exc, partial)) from exc
-            return _Opened(config, admission, source, prelude)
-
+def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
+    def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
-            return with_retries(walk, config, attempt, after=_after(broken, config))
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-    return None
+            return source, _first_content_sync(_Prelude(walk, member, admission), source.next)
+        except BaseException as exc:
+            source.close()
+            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
+
+    return _opened(chain_sync(walk, members, attempt))
 
 
-async def open_async(walk: Walk, configs: Any, partial: str = "",
-                     broken: tuple[str, AttemptFailed] | None = None) -> _Opened | None:
-    for config in configs:
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
-
-        async def attempt() -> _Opened:
-            await aready(target)
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
-            astream = getattr(target, "astream", None)
-            source: Any
-            if astream is not None:
-                source = AsyncSource(lambda: _achunks(astream, walk, admission, note, partial))
-            else:
-                source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
-            try:
-                prelude = await _afirst_content(walk, config, admission, source.anext)
-            except BaseException as exc:
-                await source.aclose()
-                raise walk.failed(config, admission, _explained(target, exc, partial)) from exc
-            return _Opened(config, admission, source, prelude)
-
+async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
+    async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        source = _async_source(walk, member, admission, partial)
         try:
-            return await with_retries_async(walk, config, attempt, after=_after(broken, config))
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-    return None
+            return source, await _first_content_async(_Prelude(walk, member, admission), source.anext)
+        except BaseException as exc:
+            await source.aclose()
+            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
+
+    return _opened(await chain_async(walk, members, attempt))
 
 
-def _after(broken: tuple[str, AttemptFailed] | None, config: TargetConfig) -> AttemptFailed | None:
-    return broken[1] if broken is not None and broken[0] == config.name else None
+def _first_content_sync(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
+    try:
+        while not prelude.hold(read(prelude.timeout())):
+            pass
+    except Stalled:
+        raise prelude.stalled() from None
+    return prelude.chunks
 
 
-def _explained(target: Any, exc: BaseException, partial: str) -> BaseException:
+async def _first_content_async(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
+    try:
+        while not prelude.hold(await read(prelude.timeout())):
+            pass
+    except Stalled:
+        raise prelude.stalled() from None
+    return prelude.chunks
+
+
+class _Prelude:
+    """The chunks of a stream being opened, held back until the first content (so that a
+    failover stays invisible), within `first_token_timeout`."""
+
+    def __init__(self, walk: Walk, member: Member, admission: Admission) -> None:
+        self.walk = walk
+        self.config = member.config
+        self.chunks: deque[Chunk] = deque()
+        self.limit = Deadline(min(self.config.first_token_timeout or admission.timeout, admission.timeout))
+
+    def timeout(self) -> float:
+        return self.limit.remaining()
+
+    def hold(self, raw: Any) -> bool:
+        """Hold `raw`; True once the held chunks carry content (or a finish)."""
+        if raw is END:
+            raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
+        chunk = Chunk.from_openai(raw)
+        self.chunks.append(chunk)
+        return _carries_answer(chunk)
+
+    def stalled(self) -> TargetFailure:
+        if self.walk.deadline.remaining() <= 0.01:
+            return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
+        return recovery.first_token_missed(self.config.first_token_timeout or self.config.timeout)
+
+
+def _opened(won: Won[tuple[Any, deque[Chunk]]] | None) -> _Opened | None:
+    return None if won is None else _Opened(won.member, won.admission, *won.value)
+
+
+def _explained(member: Member, exc: BaseException, partial: str) -> BaseException:
     """A continuation's refusal of the prefill is recorded as such, and remembered."""
     explained = recovery.explain(exc, partial)
     if isinstance(explained, recovery.PrefillRefused):
-        getattr(target, "refused_prefill", lambda: None)()
+        member.target.refused_prefill()
     return explained
 
 
-def _continues_streams(walk: Walk, name: str) -> bool:
-    return bool(getattr(walk.router._targets.get(name), "continues_streams", False))
-
-
-def _chunks(target: Any, walk: Walk, admission: Admission, note: Any, partial: str) -> Iterator[Any]:
+def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> Iterator[Any]:
+    note = walk.note(member.config)
     if partial:
-        return target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
-    return target.stream(walk.request, timeout=admission.timeout, note=note)
+        return member.target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
+    return member.target.stream(walk.request, timeout=admission.timeout, note=note)
 
 
-def _achunks(astream: Any, walk: Walk, admission: Admission, note: Any, partial: str) -> Any:
-    if partial:
-        return astream(walk.request, timeout=admission.timeout, note=note, partial=partial)
-    return astream(walk.request, timeout=admission.timeout, note=note)
-
-
-def _first_content(walk: Walk, config: TargetConfig, admission: Admission, read: Callable[[float], Any]) -> deque[Chunk]:
-    held: deque[Chunk] = deque()
-    limit = _first_token_limit(config, admission)
-    while True:
-        try:
-            raw = read(limit.remaining())
-        except Stalled:
-            raise _first_token_failure(walk, config) from None
-        if _starts_answer(raw, held):
-            return held
-
-
-async def _afirst_content(walk: Walk, config: TargetConfig, admission: Admission, read: Any) -> deque[Chunk]:
-    held: deque[Chunk] = deque()
-    limit = _first_token_limit(config, admission)
-    while True:
-        try:
-            raw = await read(limit.remaining())
-        except Stalled:
-            raise _first_token_failure(walk, config) from None
-        if _starts_answer(raw, held):
-            return held
-
-
-def _first_token_limit(config: TargetConfig, admission: Admission) -> Deadline:
-    return Deadline(min(config.first_token_timeout or admission.timeout, admission.timeout))
-
-
-def _first_token_failure(walk: Walk, config: TargetConfig) -> TargetFailure:
-    if walk.deadline.remaining() <= 0.01:
-        return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
-    return recovery.first_token_missed(config.first_token_timeout or config.timeout)
-
-
-def _starts_answer(raw: Any, held: deque[Chunk]) -> bool:
-    """Hold `raw`; True once the held chunks carry content (or a finish)."""
-    if raw is END:
-        raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
-    chunk = Chunk.from_openai(raw)
-    held.append(chunk)
-    return _carries_answer(chunk)
+def _async_source(walk: Walk, member: Member, admission: Admission, partial: str) -> Any:
+    """litellm's own async stream when the target has one; else the sync stream read in a
+    thread."""
+    if member.target.streams_async:
+        note = walk.note(member.config)
+        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note,
+                                                         partial=partial))
+    return ThreadedSource(lambda: _chunks(walk, member, admission, partial))
 
 
 def _carries_answer(chunk: Chunk) -> bool:
@@ -440,4 +414,3 @@ def _static_core(walk: Walk) -> _StreamCore:
     chunk = Chunk(id="static", model="static",
                   choices=[ChunkChoice(0, Delta(role="assistant", content=text), finish_reason="stop")])
     return _StreamCore(walk, None, static=chunk)
-

@@ -22,7 +22,7 @@ from ..recovery import prefill_messages
 from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
-from . import Note
+from . import Note, Target
 
 _litellm: Any = None
 _import_lock = threading.Lock()
@@ -95,8 +95,10 @@ def model_supports_prefill(model: str) -> bool:
         return False
 
 
-class RemoteTarget:
+class RemoteTarget(Target):
     """One provider + model reached with `litellm.completion`."""
+
+    streams_async = True  # litellm's acompletion(stream=True)
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
