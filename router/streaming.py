@@ -50,6 +50,7 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.closed = False  # by the caller: nothing more is delivered, held chunks included
         if opened is not None:
             self.switch(opened)
 
@@ -124,6 +125,8 @@ class _StreamCore:
 
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
+        self.closed = True
+        self.prelude.clear()
         if self.opened is not None:
             self.walk.released(self.opened.config, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
@@ -150,7 +153,7 @@ class Stream:
 
     def __next__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -172,14 +175,15 @@ class Stream:
                 opened.source.close()
                 replacement = open_sync(core.walk, core.broke(exc), partial=core.text)
                 if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
+                    raise core.interrupted(exc, opened.config) from core.walk.redacted(exc, opened.config.name)
                 core.switch(replacement)
+        raise StopIteration
 
     def close(self) -> None:
         opened = self._core.opened
         if opened is not None:
             opened.source.close()
-            self._core.abandon()
+        self._core.abandon()
 
     def __enter__(self) -> Stream:
         return self
@@ -211,7 +215,7 @@ class AsyncStream:
 
     async def __anext__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -233,14 +237,15 @@ class AsyncStream:
                 await opened.source.aclose()
                 replacement = await open_async(core.walk, core.broke(exc), partial=core.text)
                 if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
+                    raise core.interrupted(exc, opened.config) from core.walk.redacted(exc, opened.config.name)
                 core.switch(replacement)
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         opened = self._core.opened
         if opened is not None:
             await opened.source.aclose()
-            self._core.abandon()
+        self._core.abandon()
 
     async def __aenter__(self) -> AsyncStream:
         return self

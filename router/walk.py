@@ -22,8 +22,8 @@ import tenacity
 
 from .breaker import CircuitOpen, Ticket
 from .schema import ChainConfig, TargetConfig
-from .errors import AllTargetsFailed, ContentRejected
-from .outcomes import Outcome, TargetFailure, classify
+from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
+from .outcomes import Failure, Outcome, TargetFailure, classify
 from .request import Request
 from .response import Attempt, Choice, Message, Response, Route, Usage
 from .retry import AttemptFailed, Deadline, retrying
@@ -53,7 +53,7 @@ class Walk:
         self.request = request
         self.deadline = deadline
         self.route = Route(chain=chain.name)
-        self.errors: dict[str, BaseException] = {}
+        self.errors: dict[str, ProviderError] = {}
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
@@ -199,14 +199,14 @@ class Walk:
                               outcome=Outcome.CIRCUIT_OPEN.value)
             return
         failure = exc.failure
-        self.errors[config.name] = failure.error
+        self.errors[config.name] = self.redacted(failure, config.name)
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
             self.router._flag_misconfigured(config, failure, self.detail(failure.message))
         if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
             self.finish("failed")
-            raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
+            raise ContentRejected(config.name, self.detail(failure.message), self.route) from self.errors[config.name]
         self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
 
     def answer(self, config: TargetConfig, response: Response) -> Response:
@@ -227,6 +227,13 @@ class Walk:
         self.finish("failed")
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
+
+    def redacted(self, failure: Failure | BaseException, target: str = "") -> ProviderError:
+        """What may leave the router of a failure: never the provider's exception itself."""
+        if isinstance(failure, BaseException):
+            failure = classify(failure)
+        return provider_error(type(failure.error).__name__, self.detail(failure.message), status=failure.status,
+                              code=failure.code, outcome=failure.outcome.value, target=target)
 
     def detail(self, message: str) -> str:
         text = self.router._redact(message)
