@@ -162,15 +162,16 @@ def _check_text(value: Any, path: str, depth: int) -> None:
 # -- parameters -------------------------------------------------------------------------
 
 def _number(low: float | None = None, high: float | None = None, *, integer: bool = False):
+    what = "a whole number" if integer else "a number"
+    if low is not None:
+        what += f" >= {low:g}" if high is None else f" between {low:g} and {high:g}"
+
     def check(value: Any, key: str) -> None:
         kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or (isinstance(value, float)
-                                                                      and not math.isfinite(value)):
-            raise InvalidRequest(f"{key} must be {'a whole number' if integer else 'a number'}, got {_short(value)}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f">= {low:g}" if high is None else f"between {low:g} and {high:g}"
-            raise InvalidRequest(f"{key} must be {'a whole number' if integer else 'a number'} {bounds}, "
-                                 f"got {_short(value)}")
+        if (isinstance(value, bool) or not isinstance(value, kind)
+                or isinstance(value, float) and not math.isfinite(value)
+                or low is not None and value < low or high is not None and value > high):
+            raise InvalidRequest(f"{key} must be {what}, got {_short(value)}")
     return check
 
 
