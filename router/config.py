@@ -22,9 +22,9 @@ from typing import Any
 import yaml
 
 from .config_yaml import load_yaml
-from .errors import ConfigError
+from .errors import ConfigError, InvalidRequest
 from .redact import Secret
-from .request import ROUTER_OWNED_PARAMS
+from .request import ROUTER_OWNED_PARAMS, check_params
 from .schema import (MAX_DURATION_S, BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
                      RouterConfig, StateConfig, TargetConfig)
 
@@ -229,6 +229,11 @@ class _Loader:
                                                    f"keys (timeout, retry.attempts, model, api_key, api_base) or "
                                                    f"per-call arguments (stream=True); router-owned: "
                                                    f"{', '.join(sorted(ROUTER_OWNED_PARAMS))}")
+        for key, value in data.items():  # as a call's own arguments are checked
+            try:
+                check_params({key: value})
+            except InvalidRequest as exc:
+                raise self.error(f"{path}.{key}", str(exc)) from None
         return data
 
     def choice(self, raw: Any, path: str, choices: tuple[str, ...]) -> str:

@@ -52,16 +52,21 @@ def build_request(messages: Any, params: Mapping[str, Any]) -> Request:
     if reserved:
         raise InvalidRequest(f"{', '.join(reserved)} cannot be passed per call: set them on the "
                              f"target in the config (timeouts: 'deadline=' bounds a call)")
-    for key, value in params.items():
-        check = _PARAM_CHECKS.get(key)
-        if check is not None and value is not None:
-            check(value, key)
-        _check_text(value, key, 0)
+    check_params(params)
     stream = params.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be true or false, got {stream!r}")
     rest = {k: v for k, v in params.items() if k != "stream"}
     return Request(messages=[dict(m) for m in messages], params=rest, stream=stream)
+
+
+def check_params(params: Mapping[str, Any]) -> None:
+    """The documented OpenAI parameters have their documented types and ranges."""
+    for key, value in params.items():
+        check = _PARAM_CHECKS.get(key)
+        if check is not None and value is not None:
+            check(value, key)
+        _check_text(value, key, 0)
 
 
 def check_deadline(seconds: Any) -> float:

@@ -376,3 +376,12 @@ def test_a_closed_async_stream_yields_nothing_more(server, make_router):
     rest, stream = asyncio.run(main())
     assert rest == [] and stream.route.attempts[-1].outcome == "cancelled"
     assert server.count("p") == 1 and states(router) == {"primary": ("closed", 0)}
+
+
+def test_parameters_in_a_config_are_checked_like_a_calls(server):
+    raw = {"targets": {"p": remote(server, "p", params={"temperature": "hot"})}, "chains": {"default": ["p"]}}
+    with pytest.raises(ConfigError) as info:
+        Router.from_dict(raw)
+    assert (info.value.key_path, info.value.reason) == ("targets.p.params.temperature",
+                                                        "temperature must be a number between 0 and 2, got 'hot'")
+    assert server.count("p") == 0

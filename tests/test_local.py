@@ -19,7 +19,7 @@ import pytest
 from router import models
 from router.config import config_from_dict
 from router.outcomes import Outcome, TargetFailure
-from router.request import build_request
+from router.request import Request, build_request
 from router.targets.local import LocalTarget, _ModelPool, _pool_for
 
 FAR = 60.0  # a timeout that is never the point of the test
@@ -123,9 +123,12 @@ def test_target_params_apply_under_request_params(model_path):
 
 
 def test_bad_parameter_values_are_rejected_not_crashes(model_path):
+    """The router refuses these per call (request.py); the local tier still turns them into
+    REJECTED, not a crash, when they reach it some other way."""
     t = target(model_path)
     for bad in ({"temperature": "hot"}, {"seed": "x", "temperature": 0.5}, {"response_format": "json"}):
-        err = failure(lambda: ask(t, "Hi", **bad))
+        request = Request(messages=[{"role": "user", "content": "Hi"}], params={"max_tokens": 4, **bad})
+        err = failure(lambda: t.complete(request, timeout=FAR, note=lambda _: None))
         assert err.outcome is Outcome.REJECTED and str(err).startswith("local model rejected the request: ")
     assert ask(t, "Hi", max_tokens=4).text.strip()
 
