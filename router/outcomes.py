@@ -196,9 +196,9 @@ def _unsent(chain: list[BaseException], names: set[str]) -> bool:
     root = chain[-1]
     if type(root).__module__ != "builtins" or isinstance(root, (OSError, json.JSONDecodeError)):
         return False
-    frames = traceback.extract_tb(root.__traceback__)
-    in_sdk = any(_SDK_PATH.search(frame.filename) for frame in frames)
-    return in_sdk and not any("response" in frame.name.lower() for frame in frames)
+    codes = [frame.f_code for frame, _ in traceback.walk_tb(root.__traceback__)]  # no source lines read
+    in_sdk = any(_SDK_PATH.search(code.co_filename) for code in codes)
+    return in_sdk and not any("response" in code.co_name.lower() for code in codes)
 
 
 def _status_of(chain: list[BaseException]) -> int | None:

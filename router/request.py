@@ -147,6 +147,8 @@ def _check_part(part: Any, path: str) -> None:
 def _check_text(value: Any, path: str, depth: int) -> None:
     """Every string must be encodable as UTF-8 (no lone surrogates); no cycles or absurd nesting."""
     if isinstance(value, str):
+        if value.isascii():  # the common case, and no copy of a large base64 image
+            return
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:

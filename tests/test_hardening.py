@@ -69,6 +69,10 @@ def test_a_failure_inside_litellm_before_sending_is_unsent_and_counts_against_no
     assert [(a.target, a.outcome) for a in info.value.attempts] == [("primary", "unsent"), ("secondary", "unsent")]
     assert str(info.value).startswith("all targets of chain 'default' failed; primary: unsent (Exception): "
                                       "the request could not be sent: Invalid user message at index 0.")
+    for call in (lambda: asyncio.run(router.acomplete(odd)), lambda: router.complete(odd, stream=True)):
+        with pytest.raises(AllTargetsFailed) as info:
+            call()
+        assert [a.outcome for a in info.value.attempts] == ["unsent", "unsent"]
     assert server.count("p") == server.count("s") == 0
     assert states(router) == {"primary": ("closed", 0), "secondary": ("closed", 0)}
     assert router.complete(HI).route.served_by == "primary"
