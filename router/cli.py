@@ -144,6 +144,7 @@ def _control(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     file = args.file or os.environ.get("ROUTER_CONFIG", "config.yaml")
     config = load_config(file)
+    _check_model_files(config, file)
     chains: dict[str, Any] = {}
     for name, chain in config.chains.items():
         chains[name] = [
@@ -163,6 +164,19 @@ def _check_config(args: argparse.Namespace) -> int:
             parts.append(text + (f" [disabled: {m['disabled']}]" if m["disabled"] else ""))
         print(f"  {name}: " + " -> ".join(parts))
     return EXIT_OK
+
+
+def _check_model_files(config: Any, file: str) -> None:
+    """A config whose local model file is missing or broken is not valid: the last resort
+    would fail the first time it is needed."""
+    from .models import ModelFileError, verify_model_file
+
+    for name, target in config.targets.items():
+        if target.local is not None and not target.disabled:
+            try:
+                verify_model_file(target.local.model_path)
+            except ModelFileError as exc:
+                raise ConfigError(str(exc), file=file, key_path=f"targets.{name}.model_path") from None
 
 
 def _models(args: argparse.Namespace) -> int:

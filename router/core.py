@@ -20,7 +20,7 @@ from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
 from .guard import Guard, build_guard
 from .redact import Redactor
-from .request import build_request
+from .request import build_request, check_deadline
 from .response import Response
 from .schema import ChainConfig, RouterConfig
 from .state import build_state
@@ -70,14 +70,14 @@ class Router:
     # -- calls ---------------------------------------------------------------------------
 
     @overload
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    def complete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                  stream: Literal[False] = ..., **params: Any) -> Response: ...
 
     @overload
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    def complete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                  stream: Literal[True], **params: Any) -> Stream: ...
 
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = "default", deadline: float | None = None,
+    def complete(self, messages: list[dict[str, Any]], chain: str = "default", deadline: float | None = None, *,
                  stream: bool = False, **params: Any) -> Response | Stream:
         """Answer a chat request from the first target of `chain` that can.
 
@@ -90,15 +90,15 @@ class Router:
         return stream_sync(walk) if walk.request.stream else walk_sync(walk)
 
     @overload
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                         stream: Literal[False] = ..., **params: Any) -> Response: ...
 
     @overload
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                         stream: Literal[True], **params: Any) -> AsyncStream: ...
 
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                        deadline: float | None = None, stream: bool = False,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = "default",
+                        deadline: float | None = None, *, stream: bool = False,
                         **params: Any) -> Response | AsyncStream:
         """`complete` for asyncio: litellm's async API for remote targets, the local tier in
         a worker thread. Cancelling the caller cancels the attempt and counts against nothing.
@@ -155,6 +155,9 @@ class Router:
     # -- helpers -------------------------------------------------------------------------
 
     def _chain(self, name: str) -> ChainConfig:
+        if not isinstance(name, str):
+            raise InvalidRequest(f"chain must be the name of a configured chain (a string), got {name!r}; "
+                                 f"configured chains: {', '.join(self.config.chains)}")
         try:
             return self.config.chains[name]
         except KeyError:
@@ -171,9 +174,7 @@ class Router:
     def _deadline(self, seconds: float | None) -> Deadline:
         if seconds is None:
             return Deadline(self.config.deadline)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise InvalidRequest(f"deadline must be a number of seconds > 0, got {seconds!r}")
-        return Deadline(seconds)
+        return Deadline(check_deadline(seconds))
 
     def __repr__(self) -> str:
         return f"Router(source={self.config.source!r}, chains={list(self.config.chains)})"

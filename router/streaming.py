@@ -62,6 +62,7 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.closed = False  # by the caller: nothing more is delivered, held chunks included
         self.restarts = 0
         self.broken_at = 0  # index in route.attempts of the last break
         if opened is not None:
@@ -149,7 +150,7 @@ class _StreamCore:
                 replacement: _Opened | None) -> None:
         """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
         if replacement is None:
-            raise self.interrupted(exc, broken) from exc
+            raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
         self.switch(replacement, plan)
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
@@ -166,6 +167,8 @@ class _StreamCore:
 
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
+        self.closed = True
+        self.prelude.clear()
         if self.opened is not None:
             self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
@@ -203,7 +206,7 @@ class Stream(_StreamShell):
 
     def __next__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -229,12 +232,13 @@ class Stream(_StreamShell):
             plan = core.broke(broke)
             core.replace(broke, opened.config, plan, plan and open_sync(core.walk, core.walk.members(plan.targets),
                                                                         plan.partial))
+        raise StopIteration
 
     def close(self) -> None:
         opened = self._core.opened
         if opened is not None:
             opened.source.close()
-            self._core.abandon()
+        self._core.abandon()
 
     def __enter__(self) -> Stream:
         return self
@@ -255,7 +259,7 @@ class AsyncStream(_StreamShell):
 
     async def __anext__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -279,12 +283,13 @@ class AsyncStream(_StreamShell):
             plan = core.broke(broke)
             core.replace(broke, opened.config, plan, plan and await open_async(
                 core.walk, core.walk.members(plan.targets), plan.partial))
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         opened = self._core.opened
         if opened is not None:
             await opened.source.aclose()
-            self._core.abandon()
+        self._core.abandon()
 
     async def __aenter__(self) -> AsyncStream:
         return self

@@ -29,7 +29,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .breaker import CircuitOpen, Ticket
 from .deadline import Deadline
-from .errors import AllTargetsFailed, ContentRejected
+from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
 from .events import Events
 from .guard import Guard
 from .outcomes import Failure, Handling, Outcome, TargetFailure, classify, handle
@@ -102,7 +102,7 @@ class Walk:
         self.deadline = deadline
         self.crew = crew
         self.route = Route(chain=chain.name)
-        self.errors: dict[str, BaseException] = {}
+        self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
         self._events = crew.events
         self._overflowed: int | None = None  # smallest context window found too small
@@ -223,14 +223,14 @@ class Walk:
     def gave_up(self, member: Member, verdict: Verdict) -> None:
         """Note why a target gave up; raise when the outcome must not fail over."""
         config, failure = member.config, verdict.failure
-        self.errors[config.name] = failure.error
+        self.errors[config.name] = self.redacted(failure, config.name)
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
             member.guard.flag_misconfigured(failure, self.detail(failure.message))
         if not verdict.handling.fail_over:  # content policy (cancellation never gets here)
             self.finish("failed")
-            raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
+            raise ContentRejected(config.name, self.detail(failure.message), self.route) from self.errors[config.name]
         self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
 
     def answer(self, won: Won[Response]) -> Response:
@@ -254,6 +254,13 @@ class Walk:
         self.finish("failed")
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
+
+    def redacted(self, failure: Failure | BaseException, target: str = "") -> ProviderError:
+        """What may leave the router of a failure: never the provider's exception itself."""
+        if isinstance(failure, BaseException):
+            failure = classify(failure)
+        return provider_error(type(failure.error).__name__, self.detail(failure.message), status=failure.status,
+                              code=failure.code, outcome=failure.outcome.value, target=target)
 
     def detail(self, message: str) -> str:
         text = self.crew.redact(message)
