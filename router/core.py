@@ -35,12 +35,15 @@ class Router:
     """Routes chat completions down configured chains of targets.
 
     `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
-    backoff waits (tests pass a recorder, or a no-op to turn waits off).
+    backoff waits (tests pass a recorder, or a no-op to turn waits off); `target_factory`
+    builds the object that answers for each configured target (`router advise --replay`
+    passes one that plays a recorded log back).
     """
 
     def __init__(self, config: RouterConfig, *, listeners: Iterable[Listener] = (),
                  sleep: Callable[[float], Any] = time.sleep,
-                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 target_factory: Callable[[TargetConfig], Target] = build_target) -> None:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -55,7 +58,7 @@ class Router:
                            for name, target in config.targets.items()}
         for name, target in config.targets.items():
             if not target.disabled:
-                self._targets[name] = build_target(target)
+                self._targets[name] = target_factory(target)
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
         self._misconfigured: dict[str, str] = {}
         for name, target in config.targets.items():

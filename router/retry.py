@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 import tenacity
 
+from . import clock
 from .schema import RetryPolicy
 from .outcomes import Failure, Outcome
 
@@ -31,10 +31,10 @@ class Deadline:
     __slots__ = ("end",)
 
     def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
+        self.end = clock.monotonic() + seconds
 
     def remaining(self) -> float:
-        return self.end - time.monotonic()
+        return self.end - clock.monotonic()
 
 
 class AttemptFailed(Exception):

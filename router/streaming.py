@@ -275,6 +275,7 @@ def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
             except BaseException as exc:
                 source.close()
                 raise walk.failed(config, admission, exc) from exc
+            walk.first_token(admission)
             return _Opened(config, admission, source, prelude)
 
         try:
@@ -303,6 +304,7 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
             except BaseException as exc:
                 await source.aclose()
                 raise walk.failed(config, admission, exc) from exc
+            walk.first_token(admission)
             return _Opened(config, admission, source, prelude)
 
         try:

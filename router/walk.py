@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -58,6 +59,8 @@ class Walk:
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
         self._events = router._events
+        self._first_token_s: float | None = None  # of the stream being opened
+        self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -96,7 +99,7 @@ class Walk:
             self._waited = retry_state.upcoming_sleep
             if self._events.active:
                 self._events.emit("retry", target=config.name, chain=self.chain.name, wait_s=self._waited,
-                                  outcome=self.route.attempts[-1].outcome)
+                                  outcome=self.route.attempts[-1].outcome, call_id=self.call_id)
 
         circuit, budget = self.router._circuits[config.name], self.router._budgets[config.name]
 
@@ -106,7 +109,8 @@ class Walk:
             if budget.allow_retry():
                 return False
             if self._events.active:
-                self._events.emit("budget_exhausted", target=config.name, chain=self.chain.name)
+                self._events.emit("budget_exhausted", target=config.name, chain=self.chain.name,
+                                  call_id=self.call_id)
             return True
 
         return retrying(config.retry, self.deadline, cls=cls, refused=refused, sleep=sleep, before_sleep=before_sleep)
@@ -151,7 +155,8 @@ class Walk:
         self.router._circuits[config.name].succeeded(admission.ticket)
         self.router._budgets[config.name].succeeded()
         self._record(Attempt(config.name, Outcome.OK.value,
-                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
+                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
+                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
 
     def failed(self, config: TargetConfig, admission: Admission, exc: BaseException) -> AttemptFailed:
         """Classify, settle the circuit, record; the caller raises what this returns.
@@ -172,7 +177,9 @@ class Walk:
         if failure.retry_after is not None and failure.retry_after > config.retry.max_retry_after:
             circuit.open_for(failure.retry_after)  # out of rotation, for every caller, until then
         self._record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
-                             latency, self._take_wait(), self.detail(failure.message)))
+                             latency, self._take_wait(), self.detail(failure.message)),
+                     timeout_s=admission.timeout, first_token_s=self._take_first_token(),
+                     retry_after_s=failure.retry_after)
         if failure.outcome is Outcome.CANCELLED:
             raise exc
         return AttemptFailed(failure)
@@ -182,7 +189,16 @@ class Walk:
         self._settle(config)
         self.router._circuits[config.name].released(admission.ticket)
         self._record(Attempt(config.name, Outcome.CANCELLED.value,
-                             latency_s=time.perf_counter() - admission.started, detail=detail))
+                             latency_s=time.perf_counter() - admission.started, detail=detail),
+                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
+
+    def first_token(self, admission: Admission) -> None:
+        """A stream's first content arrived: its delay goes on the attempt's event."""
+        self._first_token_s = time.perf_counter() - admission.started
+
+    def _take_first_token(self) -> float | None:
+        taken, self._first_token_s = self._first_token_s, None
+        return taken
 
     def _take_wait(self) -> float:
         waited, self._waited = self._waited, 0.0
@@ -196,7 +212,7 @@ class Walk:
             self._record(Attempt(config.name, Outcome.CIRCUIT_OPEN.value, detail=str(exc),
                                  waited_s=self._take_wait()))
             self._events.emit("failover", target=config.name, chain=self.chain.name,
-                              outcome=Outcome.CIRCUIT_OPEN.value)
+                              outcome=Outcome.CIRCUIT_OPEN.value, call_id=self.call_id)
             return
         failure = exc.failure
         self.errors[config.name] = failure.error
@@ -207,7 +223,8 @@ class Walk:
         if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
             self.finish("failed")
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
-        self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
+        self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value,
+                          call_id=self.call_id)
 
     def answer(self, config: TargetConfig, response: Response) -> Response:
         self.route.served_by = config.name
@@ -237,16 +254,21 @@ class Walk:
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
             if self.route.degraded and outcome != "failed":
-                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name)
+                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name,
+                                  call_id=self.call_id)
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
-                              served_by=self.route.served_by if outcome != "failed" else None)
+                              served_by=self.route.served_by if outcome != "failed" else None,
+                              call_id=self.call_id)
 
-    def _record(self, attempt: Attempt) -> None:
+    def _record(self, attempt: Attempt, **measured: float | None) -> None:
+        """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
+        retry_after_s, for the event only (advise.py reads them)."""
         self.route.attempts.append(attempt)
         if self._events.active:
             self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,
                               status=attempt.status, error=attempt.error, latency_s=attempt.latency_s,
-                              wait_s=attempt.waited_s or None, detail=attempt.detail)
+                              wait_s=attempt.waited_s or None, detail=attempt.detail, call_id=self.call_id,
+                              **measured)
 
 
 def walk_sync(walk: Walk) -> Response:
