@@ -124,7 +124,6 @@ class Evidence:
     first_tokens: list[float] = field(default_factory=list)  # successful stream attempts
     timeouts_seen: list[float] = field(default_factory=list)
     noise_runs: list[int] = field(default_factory=list)  # failures in a row that ended in a success, circuit closed
-    noise_spans: list[float] = field(default_factory=list)  # their seconds, first failure to the success
     outages: list[Outage] = field(default_factory=list)
     by_attempt: dict[int, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # k -> made, ok
     after: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # outcome -> retried, ok
@@ -242,7 +241,6 @@ class _Track:
         if outcome == "ok":
             if self.outage is None and self.run:
                 self.evidence.noise_runs.append(len(self.run))
-                self.evidence.noise_spans.append(start - self.run[0])
             self.run = []
         elif counts(outcome):
             outage = self.outage
@@ -412,11 +410,14 @@ def _fail_max(found: Evidence, current: int | None) -> tuple[int | None, str]:
                       f"and >= {MIN_LATENCIES} successes; have {len(noise)} and {len(real)}")
     longest = max(noise, default=0)
     value = max(2, longest + NOISE_HEADROOM)
-    parts = [f"longest run of failures that ended in a success is {longest} ({len(found.noise_runs)} run(s) "
-             f"with the circuit closed"]
+    if not noise:
+        return value, (f"no failure ended in a success in {len(found.latencies):,} successful attempts: each run "
+                       f"of failures was one of {len(real)} outage(s) where probes failed; trip early")
+    text = f"longest run of failures that ended in a success is {longest} ({len(found.noise_runs)} run(s) " \
+           f"with the circuit closed"
     if found.false_trips:
-        parts.append(f"{len(found.false_trips)} of {len(found.outages)} opening(s) ended at the first probe")
-    text = "; ".join(parts) + ")"
+        text += f"; {len(found.false_trips)} of {len(found.outages)} opening(s) ended at the first probe"
+    text += ")"
     if real:
         text += f"; {len(real)} outage(s) where probes failed"
     return value, text + f"; {NOISE_HEADROOM} above the longest noise"

@@ -25,6 +25,7 @@ cannot be known.
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
 from collections import Counter, defaultdict
@@ -185,7 +186,7 @@ def replay(events: list[dict[str, Any]], config: RouterConfig, *, seed: int = 0)
                                targets={n: replace(t, disabled=None) for n, t in config.targets.items()})
     served: Counter = Counter()
     latencies: list[float] = []
-    with simulated(clock), _seeded(seed):
+    with simulated(clock), _seeded(seed), _quiet():
         router = Router(simulated_config, sleep=clock.sleep, async_sleep=clock.async_sleep, target_factory=build)
         for call in calls:
             if call.chain not in simulated_config.chains:
@@ -203,6 +204,17 @@ def replay(events: list[dict[str, Any]], config: RouterConfig, *, seed: int = 0)
         latency_p50_s=round(percentile(latencies, 50), 4) if latencies else None,
         latency_p99_s=round(percentile(latencies, 99), 4) if latencies else None,
         cpu_s=time.process_time() - cpu)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The replayed router's own log lines (a circuit opening, ...) are not news."""
+    logger = logging.getLogger("router")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 @contextlib.contextmanager

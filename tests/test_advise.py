@@ -8,6 +8,7 @@ Times are scaled down 10x from the issue's (a 0.2 s tail under a 3 s timeout sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -56,8 +57,9 @@ def write_config(path: Path, server: FaultServer, primary: str, *, timeout: floa
     return path
 
 
-def record(config: Path, log: Path, until: callable, *, limit: int = 2000) -> None:
-    """Calls through a Router built from `config` until `until()`; its JSON event log goes to `log`."""
+@contextlib.contextmanager
+def json_log(log: Path) -> Iterator[None]:
+    """What `events: {log: json}` writes, into `log`, one event per line."""
     handler = logging.FileHandler(log, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("router.events")
@@ -65,6 +67,16 @@ def record(config: Path, log: Path, until: callable, *, limit: int = 2000) -> No
     old_level = logger.level
     logger.setLevel(logging.INFO)
     try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        handler.close()
+
+
+def record(config: Path, log: Path, until: Callable[[], bool], *, limit: int = 2000) -> None:
+    """Calls through a Router built from `config` until `until()`; its JSON event log goes to `log`."""
+    with json_log(log):
         router = Router.from_yaml(config)
         for _ in range(limit):
             if until():
@@ -73,10 +85,6 @@ def record(config: Path, log: Path, until: callable, *, limit: int = 2000) -> No
                 router.complete(HI, max_tokens=8)
             except AllTargetsFailed:
                 pass
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        handler.close()
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +232,38 @@ def test_write_without_a_config_is_refused_and_writes_nothing(recorded, tmp_path
     _, log = recorded["tail"]
     assert main(["advise", str(log), "--write", str(tmp_path / "x.yaml")]) == 2
     assert "--config" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
+
+
+def test_streams_record_time_to_first_token_and_advise_reports_it(server, tmp_path, capsys):
+    server.script("s", faults.stream("one two three four", first_token_delay=0.05, token_delay=0.02))
+    config = write_config(tmp_path / "stream.yaml", server, "s")
+    log = tmp_path / "stream.jsonl"
+    with json_log(log):
+        router = Router.from_yaml(config)
+        for _ in range(3):
+            assert "".join(chunk.text for chunk in router.complete(HI, stream=True)) == "one two three four"
+    attempts = [json.loads(line) for line in log.read_text().splitlines() if '"event":"attempt"' in line]
+    assert len(attempts) == 3
+    for attempt in attempts:
+        assert 0.05 <= attempt["first_token_s"] < attempt["latency_s"]  # first content, then the rest
+        assert attempt["timeout_s"] == 3 and attempt["call_id"]
+    primary = advise_json(capsys, str(log), "--config", str(config))["targets"]["primary"]
+    assert primary["evidence"]["first_token_s"]["n"] == 3 and primary["evidence"]["latency_s"]["n"] == 0
+    assert primary["evidence"]["first_token_s"]["p50"] >= 0.05
+    assert primary["reasons"]["first_token_timeout"] == "unchanged: needs >= 100 streams' first tokens, have 3"
+
+
+def test_retry_after_values_size_the_backoff_waits(server, tmp_path, capsys):
+    server.script("r", *[step for wait in (0.1, 0.2, 0.4) for step in (faults.status(429, retry_after=wait),
+                                                                        faults.ok())])
+    config = write_config(tmp_path / "limited.yaml", server, "r")
+    log = tmp_path / "limited.jsonl"
+    record(config, log, lambda: server.count("r") >= 6)
+    seen = [json.loads(line).get("retry_after_s") for line in log.read_text().splitlines()
+            if '"event":"attempt"' in line and '"outcome":"rate_limited"' in line]
+    assert seen == [0.1, 0.2, 0.4]
+    primary = advise_json(capsys, str(log), "--config", str(config))["targets"]["primary"]
+    assert primary["evidence"]["retries"]["after_outcome"]["rate_limited"] == {"retried": 3, "succeeded": 3}
+    assert 0.1 <= primary["recommend"]["retry.min_wait"] <= 0.2  # p10 of what the provider asked
+    assert 0.3 <= primary["recommend"]["retry.max_wait"] <= 0.4  # p90
+    assert primary["reasons"]["retry.max_wait"].startswith("retry.max_wait 0.05 -> ")
