@@ -180,6 +180,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _advise(args: argparse.Namespace) -> int:
     from . import advise, replay
+    from .evidence import gather, read_events
 
     if (args.write or args.replay) and not args.config:
         print("router: --write and --replay need the config in use: --config FILE (or $ROUTER_CONFIG)",
@@ -189,7 +190,7 @@ def _advise(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as files:
             streams = [(name, sys.stdin if name == "-" else files.enter_context(open(name, encoding="utf-8")))
                        for name in args.events]
-            log = advise.read_events(streams)
+            log = read_events(streams)
     except OSError as exc:
         print(f"router: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
@@ -198,7 +199,7 @@ def _advise(args: argparse.Namespace) -> int:
               f"write them with `events: {{log: json}}` in the config", file=sys.stderr)
         return EXIT_USAGE
     config = load_config(args.config) if args.config else None
-    found = advise.advise(advise.gather(log.events), config)
+    found = advise.advise(gather(log.events), config)
     result: dict[str, Any] = {"targets": {name: a.to_dict() for name, a in found.items()}}
     if log.skipped:
         result["skipped_lines"] = log.skipped

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .advise import attempt_start, counts, percentile, reached
+from .evidence import attempt_start, counts, percentile, reached
 from .clock import SimulatedClock, simulated
 from .errors import RouterError
 from .outcomes import Outcome, TargetFailure
