@@ -199,10 +199,14 @@ def _advise(args: argparse.Namespace) -> int:
               f"write them with `events: {{log: json}}` in the config", file=sys.stderr)
         return EXIT_USAGE
     config = load_config(args.config) if args.config else None
-    found = advise.advise(gather(log.events), config)
+    evidence = gather(log.events)
+    found = advise.advise(evidence, config)
     result: dict[str, Any] = {"targets": {name: a.to_dict() for name, a in found.items()}}
     if log.skipped:
         result["skipped_lines"] = log.skipped
+    unknown = sorted(set(evidence) - set(found))
+    if unknown:
+        result["not_in_config"] = unknown
     if args.write:
         assert config is not None
         _write_config(args.config, args.write, found)
@@ -219,6 +223,8 @@ def _advise(args: argparse.Namespace) -> int:
     print(advise.report_text(found))
     if log.skipped:
         print(f"({log.skipped} line(s) that were not router events were skipped)")
+    if unknown:
+        print(f"(targets in the log but not in {args.config}, left out: {', '.join(unknown)})")
     if args.write:
         print(f"wrote {args.write} (valid)")
     if args.replay:
