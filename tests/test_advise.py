@@ -267,3 +267,25 @@ def test_retry_after_values_size_the_backoff_waits(server, tmp_path, capsys):
     assert 0.1 <= primary["recommend"]["retry.min_wait"] <= 0.2  # p10 of what the provider asked
     assert 0.3 <= primary["recommend"]["retry.max_wait"] <= 0.4  # p90
     assert primary["reasons"]["retry.max_wait"].startswith("retry.max_wait 0.05 -> ")
+
+
+def test_every_event_of_a_call_shares_its_call_id(recorded):
+    _, log = recorded["bursty"]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    calls: dict[str, list[str]] = {}
+    for event in events:
+        if event["event"] != "circuit":
+            calls.setdefault(event["call_id"], []).append(event["event"])
+    assert len(calls) == sum(1 for e in events if e["event"] == "call") > 40
+    assert all(names.count("call") == 1 and names[-1] == "call" for names in calls.values())
+
+
+def test_several_logs_are_read_as_one_in_time_order(recorded, tmp_path, capsys):
+    config, log = recorded["down"]
+    lines = log.read_text().splitlines(keepends=True)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(lines[: len(lines) // 2]))
+    second.write_text("".join(lines[len(lines) // 2:]))
+    whole = advise_json(capsys, str(log), "--config", str(config))
+    split = advise_json(capsys, str(second), str(first), "--config", str(config))
+    assert split == whole
