@@ -9,11 +9,13 @@ latency (or by the attempt's timeout, when that is shorter), so an hour of traff
 replays in a second or so of CPU.
 
 Which recorded attempt answers a replayed one: each target keeps its recorded attempts
-as a tape, in time order. A replayed attempt at time t takes the next unused one,
-first dropping those that started more than `horizon` before t (the provider's past,
-which this replay did not ask about); past the end, the last one stands for the
-provider's last known state. `horizon` is the longest backoff plus the slowest attempt
-seen for that target: the spread of one call's retries.
+as a tape, in time order. A replayed attempt at time t takes the next unused one that
+started within `horizon` of t, first dropping those that started more than `horizon`
+before t (the provider's past, which this replay did not ask about). When none is that
+close (the recorded router sent nothing then: its circuit was open, or the log has
+ended), the nearer of the recorded attempts before and after t answers, and stays on
+the tape. `horizon` is the longest backoff plus the slowest attempt seen for that
+target: the spread of one call's retries.
 
 Limits: calls are replayed one after another at their recorded start times (or as soon
 as the previous replayed call ends), so concurrency is not reproduced; streams replay
@@ -63,13 +65,21 @@ class Tape:
         self.next = 0
 
     def play(self, t: float) -> Recorded | None:
-        if not self.entries:
+        entries = self.entries
+        if not entries:
             return None
-        while self.next < len(self.entries) - 1 and self.entries[self.next].start < t - self.horizon:
+        while self.next < len(entries) and entries[self.next].start < t - self.horizon:
+            self.next += 1  # the provider's past, which this replay did not ask about
+        if self.next < len(entries) and entries[self.next].start <= t + self.horizon:
             self.next += 1
-        entry = self.entries[min(self.next, len(self.entries) - 1)]
-        self.next += 1
-        return entry
+            return entries[self.next - 1]
+        # A moment when the recorded router sent nothing (its circuit was open, say): the
+        # provider was most likely as at the nearer of the requests before and after it.
+        before = entries[self.next - 1] if self.next else None
+        after = entries[self.next] if self.next < len(entries) else None
+        if before is None or (after is not None and after.start - t < t - before.start):
+            return after
+        return before
 
 
 @dataclass
