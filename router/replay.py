@@ -42,6 +42,7 @@ from .outcomes import Outcome, TargetFailure
 from .request import Request
 from .response import Choice, Message, Response, Usage
 from .schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
+from .targets import Target
 
 _MESSAGES = [{"role": "user", "content": "replayed call"}]
 _NOT_REPLAYED = {Outcome.CANCELLED.value, Outcome.NO_CAPACITY.value, Outcome.DEADLINE.value}
@@ -91,7 +92,7 @@ class Tally:
     unrecorded: Counter = field(default_factory=Counter)  # target -> requests the log had no answer for
 
 
-class ReplayTarget:
+class ReplayTarget(Target):
     """A `Target` that answers from a tape, on a simulated clock."""
 
     def __init__(self, config: TargetConfig, tape: Tape, clock: SimulatedClock, tally: Tally) -> None:
