@@ -62,8 +62,10 @@ def read_events(streams: Iterable[tuple[str, TextIO]]) -> EventLog:
             except ValueError:
                 skipped += 1
                 continue
-            if isinstance(data, dict) and isinstance(data.get("event"), str) and isinstance(
-                    data.get("time"), (int, float)):
+            if isinstance(data, dict) and isinstance(data.get("event"), str) and all(
+                    isinstance(data.get(key, 0.0), (int, float)) or data.get(key) is None
+                    for key in ("time", "latency_s", "wait_s", "first_token_s", "retry_after_s", "timeout_s")) \
+                    and data.get("time") is not None:
                 events.append(data)
             else:
                 skipped += 1
@@ -174,7 +176,7 @@ def gather(events: list[dict[str, Any]]) -> dict[str, Evidence]:
     found: dict[str, Evidence] = {}
     tracks: dict[str, _Track] = {}
     sequences: dict[tuple[str, str], list[str]] = defaultdict(list)  # (call, target) -> outcomes
-    fallback: dict[str, tuple[str, int]] = {}  # target -> (its latest call key, attempts in it)
+    latest: dict[str, str] = {}  # target -> the key of its latest call, for a log without call ids
     for event in events:
         target = event.get("target")
         if not isinstance(target, str):
@@ -205,10 +207,9 @@ def gather(events: list[dict[str, Any]]) -> dict[str, Evidence]:
         if isinstance(call, str):
             sequences[(call, target)].append(outcome)
         else:  # an older log: an attempt after a backoff is a retry of the one before
-            key, k = fallback.get(target, ("", 0))
+            key = latest.get(target)
             if not (event.get("wait_s") and key):
-                key = f"#{len(sequences)}"
-            fallback[target] = (key, k + 1)
+                key = latest[target] = f"#{len(sequences)}"
             sequences[(key, target)].append(outcome)
     for (_, target), outcomes in sequences.items():
         evidence = found[target]

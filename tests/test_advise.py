@@ -289,3 +289,18 @@ def test_several_logs_are_read_as_one_in_time_order(recorded, tmp_path, capsys):
     whole = advise_json(capsys, str(log), "--config", str(config))
     split = advise_json(capsys, str(second), str(first), "--config", str(config))
     assert split == whole
+
+
+def test_a_log_with_logging_prefixes_and_without_call_ids_gives_the_same_evidence(recorded, tmp_path, capsys):
+    config, log = recorded["down"]
+    older = tmp_path / "older.log"
+    with older.open("w") as out:
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            event.pop("call_id", None)  # as written before events carried one
+            out.write(f"2026-11-27 12:00:00 INFO router.events {json.dumps(event)}\n")
+        out.write('{"event": "attempt", "time": "yesterday"}\nTraceback: unrelated\n')
+    whole = advise_json(capsys, str(log), "--config", str(config))
+    prefixed = advise_json(capsys, str(older), "--config", str(config))
+    assert prefixed.pop("skipped_lines") == 2
+    assert prefixed == whole
