@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .evidence import Evidence, percentile
+from .evidence import Evidence, percentile, short
 from .schema import RouterConfig, TargetConfig
 
 # The keys advise may recommend, spelled as in the config.
@@ -43,10 +43,6 @@ def round_up(x: float) -> float:
 
 def number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
-
-
-def _s(x: float) -> str:
-    return f"{x:.3g}"
 
 
 # -- recommendations ---------------------------------------------------------------------
@@ -90,14 +86,14 @@ def advise(evidence: Mapping[str, Evidence], config: RouterConfig | None = None)
             else:
                 value = number(value)
                 advice.recommend[key] = value
-                was = "" if current is None else f" {_s(current)}"
-                advice.reasons[key] = f"{key}{was} -> {_s(value)}: {reason}"
+                was = "" if current is None else f" {short(current)}"
+                advice.reasons[key] = f"{key}{was} -> {short(value)}: {reason}"
         _keep_waits_ordered(advice, target)
         result[name] = advice
     return result
 
 
-Rule = Any  # (Evidence, current) -> (value or None, reason)
+Rule = Callable[[Evidence, Any], "tuple[Any, str]"]  # (evidence, current value) -> (value or None, reason)
 
 
 def _timeout(found: Evidence, current: float | None) -> tuple[float | None, str]:
@@ -115,7 +111,7 @@ def _latency_rule(values: list[float], what: str, silent: int, current: float | 
         return None, f"needs >= {MIN_LATENCIES} {what}, have {len(values)}"
     tail = percentile(values, 99.9)
     value = round_up(tail * LATENCY_MARGIN)
-    reason = f"p99.9 of {len(values):,} {what} is {_s(tail)} s; {LATENCY_MARGIN:g}x margin"
+    reason = f"p99.9 of {len(values):,} {what} is {short(tail)} s; {LATENCY_MARGIN:g}x margin"
     if silent:
         reason += f"; {silent} attempt(s) timed out"
     return value, reason
@@ -145,7 +141,7 @@ def _waits(found: Evidence, q: float, what: str) -> tuple[float | None, str]:
     if len(values) < MIN_RETRY_AFTERS:
         return None, f"needs >= {MIN_RETRY_AFTERS} Retry-After values, have {len(values)}"
     value = round_up(percentile(values, q))
-    return value, f"{what} of {len(values)} Retry-After values the provider sent is {_s(percentile(values, q))} s"
+    return value, f"{what} of {len(values)} Retry-After values the provider sent is {short(percentile(values, q))} s"
 
 
 def _min_wait(found: Evidence, current: float | None) -> tuple[float | None, str]:
@@ -185,7 +181,7 @@ def _reset_timeout(found: Evidence, current: float | None) -> tuple[float | None
     middle = statistics.median(downs)
     value = round_up(max(middle / 2, 0.01))
     probes = sum(o.failed_probes for o in real)
-    return value, (f"median outage {_s(middle)} s ({len(real)} outage(s), {probes} failed probe(s)); half of it: "
+    return value, (f"median outage {short(middle)} s ({len(real)} outage(s), {probes} failed probe(s)); half of it: "
                    f"about two probes per outage")
 
 
@@ -206,7 +202,7 @@ def _keep_waits_ordered(advice: Advice, target: TargetConfig | None) -> None:
     high = advice.recommend.get("retry.max_wait", current_value(target, "retry.max_wait"))
     if low is not None and high is not None and low > high:
         advice.recommend["retry.max_wait"] = low
-        advice.reasons["retry.max_wait"] = f"retry.max_wait {_s(high)} -> {_s(low)}: not below retry.min_wait"
+        advice.reasons["retry.max_wait"] = f"retry.max_wait {short(high)} -> {short(low)}: not below retry.min_wait"
 
 
 def applied(config: RouterConfig, advice: Mapping[str, Advice]) -> RouterConfig:

@@ -151,14 +151,14 @@ class Evidence:
                               ("time to first token", self.first_tokens)):
             s = summary(values)
             if s["n"]:
-                lines.append(f"  {label} (n={s['n']}): p50 {_s(s['p50'])} s, p90 {_s(s['p90'])} s, "
-                             f"p99 {_s(s['p99'])} s, p99.9 {_s(s['p99.9'])} s, max {_s(s['max'])} s")
+                lines.append(f"  {label} (n={s['n']}): p50 {short(s['p50'])} s, p90 {short(s['p90'])} s, "
+                             f"p99 {short(s['p99'])} s, p99.9 {short(s['p99.9'])} s, max {short(s['max'])} s")
         if self.noise_runs:
             lines.append("  runs of failures with the circuit closed: " + ", ".join(
                 f"{n}x{length}" for length, n in sorted(Counter(self.noise_runs).items())))
         for o in self.outages:
             lines.append("  outage: " + ("still open at the end of the log" if o.closed_at is None else
-                                         f"open {_s(o.length_s or 0)} s, down ~{_s(o.down_s or 0)} s")
+                                         f"open {short(o.length_s or 0)} s, down ~{short(o.down_s or 0)} s")
                          + f", tripped by {o.trip_run} failure(s), {o.failed_probes} failed probe(s)")
         for k, (made, ok) in sorted(self.by_attempt.items()):
             if k > 1:
@@ -166,7 +166,7 @@ class Evidence:
         for outcome, (tried, ok) in sorted(self.after.items()):
             lines.append(f"  a retry after {outcome}: {ok}/{tried} succeeded")
         if self.retry_afters:
-            lines.append("  Retry-After seen: " + ", ".join(_s(v) for v in sorted(self.retry_afters)[:10])
+            lines.append("  Retry-After seen: " + ", ".join(short(v) for v in sorted(self.retry_afters)[:10])
                          + (" ..." if len(self.retry_afters) > 10 else ""))
         return lines
 
@@ -291,5 +291,6 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
-def _s(x: float) -> str:
-    return f"{x:.3g}"
+def short(x: float) -> str:
+    """A measured number for people: 3 significant digits, whole numbers from 100 on."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
