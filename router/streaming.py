@@ -275,10 +275,12 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Open
     def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
-            return source, _first_content_sync(_Prelude(walk, member, admission), source.next)
+            prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
         except BaseException:
             source.close()
             raise
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(chain_sync(walk, members, attempt))
 
@@ -287,10 +289,12 @@ async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -
     async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = _async_source(walk, member, admission, partial)
         try:
-            return source, await _first_content_async(_Prelude(walk, member, admission), source.anext)
+            prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
         except BaseException:
             await source.aclose()
             raise
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(await chain_async(walk, members, attempt))
 
