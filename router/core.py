@@ -22,7 +22,7 @@ from .guard import Guard, build_guard
 from .redact import Redactor
 from .request import build_request, check_deadline
 from .response import Response
-from .schema import ChainConfig, RouterConfig
+from .schema import ChainConfig, RouterConfig, TargetConfig
 from .state import build_state
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .targets import Target, build_target
@@ -35,12 +35,15 @@ class Router:
     """Routes chat completions down configured chains of targets.
 
     `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
-    backoff waits (tests pass a recorder, or a no-op to turn waits off).
+    backoff waits (tests pass a recorder, or a no-op to turn waits off); `target_factory`
+    builds the object that answers for each configured target (`router advise --replay`
+    passes one that plays a recorded log back).
     """
 
     def __init__(self, config: RouterConfig, *, listeners: Iterable[Listener] = (),
                  sleep: Callable[[float], Any] = time.sleep,
-                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 target_factory: Callable[[TargetConfig], Target] = build_target) -> None:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -48,7 +51,7 @@ class Router:
         self._state = build_state(config.state, source=config.source)
         self._guards = {name: build_guard(target, self._state, self._circuit_changed)
                         for name, target in config.targets.items()}
-        self._targets: dict[str, Target] = {name: build_target(target) for name, target in config.targets.items()
+        self._targets: dict[str, Target] = {name: target_factory(target) for name, target in config.targets.items()
                                             if not target.disabled}
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
         for name, target in self._targets.items():

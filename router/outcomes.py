@@ -122,9 +122,11 @@ class TargetFailure(Exception):
     """Raised by our own targets (the local tier) for failures that are not exceptions of
     a provider SDK: it says its outcome outright."""
 
-    def __init__(self, outcome: Outcome, message: str, status: int | None = None) -> None:
+    def __init__(self, outcome: Outcome, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.outcome = outcome
         self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -163,7 +165,7 @@ def _classify(exc: BaseException) -> Failure:
     if isinstance(exc, _CANCELLATION):
         return Failure(Outcome.CANCELLED, exc, message=_plain_message(exc))
     if isinstance(exc, TargetFailure):
-        return Failure(exc.outcome, exc, status=exc.status, message=str(exc))
+        return Failure(exc.outcome, exc, status=exc.status, retry_after=exc.retry_after, message=str(exc))
 
     chain = list(_chain(exc))
     names = {cls.__name__ for link in chain for cls in type(link).__mro__}

@@ -118,7 +118,8 @@ def explain(exc: BaseException, partial: str) -> BaseException:
     failure = classify(exc)
     if failure.outcome is not Outcome.REJECTED:
         return exc
-    refused = PrefillRefused(Outcome.REJECTED, f"refused the assistant prefill: {failure.message}", failure.status)
+    refused = PrefillRefused(Outcome.REJECTED, f"refused the assistant prefill: {failure.message}",
+                             status=failure.status)
     refused.__cause__ = exc
     return refused
 

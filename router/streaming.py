@@ -314,10 +314,12 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Open
     def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
-            return source, _first_content_sync(_Prelude(walk, member, admission), source.next)
+            prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
         except BaseException as exc:
             source.close()
             raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(chain_sync(walk, members, attempt))
 
@@ -326,10 +328,12 @@ async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -
     async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = _async_source(walk, member, admission, partial)
         try:
-            return source, await _first_content_async(_Prelude(walk, member, admission), source.anext)
+            prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
         except BaseException as exc:
             await source.aclose()
             raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(await chain_async(walk, members, attempt))
 
