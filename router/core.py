@@ -18,6 +18,7 @@ from .config import config_from_dict, load_config
 from .schema import ChainConfig, RouterConfig, TargetConfig
 from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
+from .limiter import RateLimiter
 from .outcomes import Failure
 from .redact import Redactor
 from .request import build_request
@@ -53,6 +54,8 @@ class Router:
         self._budgets = {name: self._state.budget(name, target.retry.budget) for name, target in config.targets.items()}
         self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
                            for name, target in config.targets.items()}
+        self._limiters = {name: RateLimiter(name, target.rate_limit, self._state.buckets(name, target.rate_limit))
+                          for name, target in config.targets.items()}
         for name, target in config.targets.items():
             if not target.disabled:
                 self._targets[name] = build_target(target)
@@ -117,13 +120,17 @@ class Router:
     # -- operators -------------------------------------------------------------------------
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Circuit state of every target, and why a target is out of rotation."""
+        """Circuit state of every target, why a target is out of rotation, and its rate
+        limiter (room now, callers queued, limits learned from the provider)."""
         report = {}
         for name, target in self.config.targets.items():
             info = self._circuits[name].status()
             tokens = getattr(self._budgets[name], "tokens", None)
             if tokens is not None:
                 info["retry_budget"] = round(tokens, 2)
+            limiter = self._limiters[name].status()
+            if target.rate_limit.configured or len(limiter) > 1:  # configured, or it has learned something
+                info["rate_limit"] = limiter
             if target.disabled:
                 info["disabled"] = target.disabled
             elif self.config.offline and target.is_remote:

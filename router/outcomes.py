@@ -34,6 +34,7 @@ class Outcome(str, Enum):
     CONTENT_POLICY = "content_policy"
     MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
+    THROTTLED = "throttled"  # its rate limit has no room within max_wait: nothing sent
     CANCELLED = "cancelled"  # the caller gave up
     # why a target was passed over without a request
     CIRCUIT_OPEN = "circuit_open"
@@ -64,6 +65,8 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
+    # Our own rate limit (limiter.py) found no room soon enough: nothing was sent.
+    Outcome.THROTTLED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
     # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
     Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),

@@ -268,7 +268,8 @@ def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
         note = walk.note(config)
 
         def attempt() -> _Opened:
-            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
+            permit = walk.reserve(config)
+            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)), permit)
             source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
             try:
                 prelude = _first_content(walk, config, admission, source.next)
@@ -291,7 +292,8 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
         note = walk.note(config)
 
         async def attempt() -> _Opened:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
+            permit = await walk.reserve_async(config)
+            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)), permit)
             astream = getattr(target, "astream", None)
             source: Any
             if astream is not None and not partial:

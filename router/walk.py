@@ -23,10 +23,12 @@ import tenacity
 from .breaker import CircuitOpen, Ticket
 from .schema import ChainConfig, TargetConfig
 from .errors import AllTargetsFailed, ContentRejected
+from .limiter import Permit, Refusal, estimate_cost
 from .outcomes import Outcome, TargetFailure, classify
+from .rate_store import Cost
 from .request import Request
 from .response import Attempt, Choice, Message, Response, Route, Usage
-from .retry import AttemptFailed, Deadline, retrying
+from .retry import MIN_ATTEMPT_S, AttemptFailed, Deadline, retrying
 
 if TYPE_CHECKING:
     from .core import Router
@@ -37,11 +39,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Admission:
-    """One attempt let through: its circuit ticket, timeout and start time."""
+    """One attempt let through: its circuit ticket, timeout, start time and rate-limit permit."""
 
     ticket: Ticket
     timeout: float
     started: float
+    permit: Permit | None = None
 
 
 class Walk:
@@ -58,6 +61,7 @@ class Walk:
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
         self._events = router._events
+        self._cost: Cost | None = None
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -124,9 +128,53 @@ class Walk:
             return float(int(remaining))
         return int(remaining * 10) / 10 if remaining > 0.1 else remaining
 
-    def begin(self, config: TargetConfig, slot: bool) -> Admission:
-        """Admit one attempt once the caller has tried for a bulkhead `slot`."""
+    # -- rate limits (limiter.py): room before the bulkhead and the circuit ------------------
+
+    def reserve(self, config: TargetConfig) -> Permit | None:
+        """Room in the target's rate limit, queueing (this thread) up to max_wait; None
+        when its circuit is open (`begin` then says so: a truer reason than no room)."""
+        limiter = self.router._limiters[config.name]
+        now = limiter.try_acquire(self.cost())
+        if isinstance(now, Permit) or self.router._circuits[config.name].is_open():
+            return self._reserved(config, now) if isinstance(now, Permit) else None
+        return self._reserved(config, limiter.acquire(self.cost(), self._rate_wait(config)))
+
+    async def reserve_async(self, config: TargetConfig) -> Permit | None:
+        limiter = self.router._limiters[config.name]
+        now = limiter.try_acquire(self.cost())
+        if isinstance(now, Permit) or self.router._circuits[config.name].is_open():
+            return self._reserved(config, now) if isinstance(now, Permit) else None
+        return self._reserved(config, await limiter.acquire_async(self.cost(), self._rate_wait(config)))
+
+    def cost(self) -> Cost:
+        if self._cost is None:
+            self._cost = estimate_cost(self.request)
+        return self._cost
+
+    def _rate_wait(self, config: TargetConfig) -> float:
+        return min(config.rate_limit.max_wait, self.deadline.remaining() - MIN_ATTEMPT_S)
+
+    def _reserved(self, config: TargetConfig, result: Permit | Refusal) -> Permit:
+        if isinstance(result, Permit):
+            if result.waited_s:
+                self._waited += result.waited_s
+                if self._events.active:
+                    self._events.emit("rate_wait", target=config.name, chain=self.chain.name, wait_s=result.waited_s)
+            return result
+        self._waited += result.waited_s
+        if self._events.active:
+            self._events.emit("throttled", target=config.name, chain=self.chain.name, wait_s=result.waited_s,
+                              detail=result.reason)
+        self._record(Attempt(config.name, Outcome.THROTTLED.value, detail=result.reason, waited_s=self._take_wait()))
+        raise AttemptFailed(classify(TargetFailure(Outcome.THROTTLED, f"rate limit: {result.reason}")))
+
+    def begin(self, config: TargetConfig, slot: bool, permit: Permit | None = None) -> Admission:
+        """Admit one attempt once the caller has its rate-limit `permit` and has tried for a
+        bulkhead `slot`; an attempt not admitted gives its permit back."""
+        limiter = self.router._limiters[config.name]
         if not slot:
+            if permit is not None:
+                limiter.cancel(permit)
             bulkhead = self.router._bulkheads[config.name]
             message = (f"{bulkhead.in_flight} calls in flight (max_concurrency={bulkhead.limit}, "
                        f"queue_timeout={bulkhead.queue_timeout:g} s)")
@@ -137,8 +185,10 @@ class Walk:
             ticket = self.router._circuits[config.name].admit()
         except CircuitOpen:
             self.router._bulkheads[config.name].release()
+            if permit is not None:
+                limiter.cancel(permit)
             raise
-        return Admission(ticket, self.attempt_timeout(config), time.perf_counter())
+        return Admission(ticket, self.attempt_timeout(config), time.perf_counter(), permit)
 
     def _settle(self, config: TargetConfig) -> None:
         self.router._bulkheads[config.name].release()
@@ -146,8 +196,12 @@ class Walk:
     def note(self, config: TargetConfig):
         return lambda text: self.route.notes.append(f"{config.name}: {text}")
 
-    def succeeded(self, config: TargetConfig, admission: Admission) -> None:
+    def succeeded(self, config: TargetConfig, admission: Admission, response: Response | None = None) -> None:
         self._settle(config)
+        if admission.permit is not None:
+            used = response.usage.total_tokens if response is not None else 0
+            self.router._limiters[config.name].answered(admission.permit, used or None,
+                                                        response.headers if response is not None else None)
         self.router._circuits[config.name].succeeded(admission.ticket)
         self.router._budgets[config.name].succeeded()
         self._record(Attempt(config.name, Outcome.OK.value,
@@ -163,6 +217,9 @@ class Walk:
         failure = classify(exc)
         if failure.outcome is Outcome.SILENT and admission.timeout < config.timeout:
             failure = replace(failure, outcome=Outcome.DEADLINE)  # our deadline, not its silence
+        if admission.permit is not None:
+            self.router._limiters[config.name].failed(admission.permit, retry_after=failure.retry_after,
+                                                      rate_limited=failure.outcome is Outcome.RATE_LIMITED)
         circuit = self.router._circuits[config.name]
         if failure.handling.counts:
             circuit.failed(admission.ticket)
@@ -180,6 +237,8 @@ class Walk:
     def released(self, config: TargetConfig, admission: Admission, detail: str) -> None:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
         self._settle(config)
+        if admission.permit is not None:
+            self.router._limiters[config.name].answered(admission.permit, None, None)
         self.router._circuits[config.name].released(admission.ticket)
         self._record(Attempt(config.name, Outcome.CANCELLED.value,
                              latency_s=time.perf_counter() - admission.started, detail=detail))
@@ -256,12 +315,13 @@ def walk_sync(walk: Walk) -> Response:
         note = walk.note(config)
 
         def attempt() -> Response:
-            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
+            permit = walk.reserve(config)
+            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)), permit)
             try:
                 response = target.complete(walk.request, timeout=admission.timeout, note=note)
             except BaseException as exc:
                 raise walk.failed(config, admission, exc) from exc
-            walk.succeeded(config, admission)
+            walk.succeeded(config, admission, response)
             return response
 
         try:
@@ -280,12 +340,13 @@ async def walk_async(walk: Walk) -> Response:
         note = walk.note(config)
 
         async def attempt() -> Response:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
+            permit = await walk.reserve_async(config)
+            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)), permit)
             try:
                 response = await _acomplete(target, walk.request, admission.timeout, note)
             except BaseException as exc:
                 raise walk.failed(config, admission, exc) from exc
-            walk.succeeded(config, admission)
+            walk.succeeded(config, admission, response)
             return response
 
         try:

@@ -49,12 +49,10 @@ class RemoteTarget:
         self._fixed = fixed
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        raw = litellm_module().completion(**self._arguments(request, timeout))
-        return Response.from_openai(raw)
+        return _response(litellm_module().completion(**self._arguments(request, timeout)))
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        raw = await litellm_module().acompletion(**self._arguments(request, timeout))
-        return Response.from_openai(raw)
+        return _response(await litellm_module().acompletion(**self._arguments(request, timeout)))
 
     def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[Any]:
         """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
@@ -69,3 +67,14 @@ class RemoteTarget:
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
+
+
+def _response(raw: Any) -> Response:
+    """Our Response, with the provider's HTTP headers, which litellm keeps in
+    `_hidden_params["additional_headers"]` (OpenAI-compatible ones as sent, every raw
+    one also as `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
+    response = Response.from_openai(raw)
+    hidden = getattr(raw, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        response.headers = hidden.get("additional_headers") or None
+    return response
