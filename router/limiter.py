@@ -404,7 +404,7 @@ class RateLimiter:
         paused = self.learned.paused_until - now
         if paused > 0:
             info["paused_s"] = round(paused, 3)
-        if self.buckets.shared or self.buckets.peers > 1:
+        if self.buckets.fleet:
             info["shared"] = self.buckets.shared
             info["peers"] = self.buckets.peers
         return info

@@ -76,6 +76,7 @@ class Buckets:
     """The interface the limiter uses; also the buckets of a target without configured rates."""
 
     rates = Rates(None, None)
+    fleet = False  # kept for a fleet (Redis), even while Redis is away
 
     def take(self, cost: Cost) -> float:
         """Take `cost` when it fits now (returns 0.0); else take nothing and return the
@@ -199,6 +200,8 @@ class RedisBuckets(Buckets):
     """The buckets of one target in Redis, for every process of the namespace. Errors are
     raised: `FallbackBuckets` catches them."""
 
+    fleet = True
+
     def __init__(self, client: Any, prefix: str, rates: Rates) -> None:
         self.rates = rates
         self._script = client.register_script(_BUCKETS)
@@ -248,6 +251,8 @@ class FallbackBuckets(Buckets):
     (each take is a heartbeat; PEER_WINDOW_S). A fleet of N that loses Redis together
     then paces at N x 1/N of the limit: the limit, without talking to each other.
     """
+
+    fleet = True
 
     def __init__(self, shared: RedisBuckets, link: Any, policy: RateLimitPolicy) -> None:
         self.rates = shared.rates
