@@ -134,17 +134,21 @@ class Walk:
         """Room in the target's rate limit, queueing (this thread) up to max_wait; None
         when its circuit is open (`begin` then says so: a truer reason than no room)."""
         limiter = self.router._limiters[config.name]
-        now = limiter.try_acquire(self.cost())
-        if isinstance(now, Permit) or self.router._circuits[config.name].is_open():
-            return self._reserved(config, now) if isinstance(now, Permit) else None
-        return self._reserved(config, limiter.acquire(self.cost(), self._rate_wait(config)))
+        result = limiter.try_acquire(self.cost())
+        if isinstance(result, Refusal):
+            if self.router._circuits[config.name].is_open():
+                return None
+            result = limiter.acquire(self.cost(), self._rate_wait(config))
+        return self._reserved(config, result)
 
     async def reserve_async(self, config: TargetConfig) -> Permit | None:
         limiter = self.router._limiters[config.name]
-        now = limiter.try_acquire(self.cost())
-        if isinstance(now, Permit) or self.router._circuits[config.name].is_open():
-            return self._reserved(config, now) if isinstance(now, Permit) else None
-        return self._reserved(config, await limiter.acquire_async(self.cost(), self._rate_wait(config)))
+        result = limiter.try_acquire(self.cost())
+        if isinstance(result, Refusal):
+            if self.router._circuits[config.name].is_open():
+                return None
+            result = await limiter.acquire_async(self.cost(), self._rate_wait(config))
+        return self._reserved(config, result)
 
     def cost(self) -> Cost:
         if self._cost is None:
