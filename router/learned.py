@@ -15,6 +15,8 @@ import math
 from .rate_store import Cost
 from .ratelimit import Allowance, ProviderLimits
 
+UNDATED_S = 1.0  # how long a remaining count holds when the provider gives no reset time
+
 
 class LearnedLimit:
     """One limit (requests or tokens) as the provider last reported it."""
@@ -55,7 +57,7 @@ class LearnedLimit:
         self.level, self.stamp = allowance.remaining - sent_since, now
         self.cap = allowance.limit
         reset = allowance.reset_s
-        self.until = now + (reset if reset is not None else 60.0)
+        self.until = now + (reset if reset is not None else UNDATED_S)
         if allowance.limit is not None and reset:
             self.refill = max(0.0, allowance.limit - allowance.remaining) / reset or None
         elif allowance.limit is None:

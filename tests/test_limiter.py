@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +203,20 @@ def test_limits_learned_from_headers_hold_calls_back_with_no_rate_limit_configur
     assert server.statuses("p") == {200: 3}  # never a 429: the headers said none remained
     learned = router.status()["primary"]["rate_limit"]["learned"]["requests"]
     assert learned["limit"] == 3 and learned["remaining"] < 1
+
+
+def test_anthropics_rate_limit_headers_are_learned_too(server, make_router):
+    reset = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
+    server.script("p", faults.ok(headers={"anthropic-ratelimit-requests-limit": "50",
+                                          "anthropic-ratelimit-requests-remaining": "0",
+                                          "anthropic-ratelimit-requests-reset": reset}))
+    router = make_router({"primary": "p", "secondary": "s"}, defaults={"rate_limit": {"max_wait": 0}})
+    assert router.complete(HI).route.served_by == "primary"
+    route = router.complete(HI).route
+    assert [(a.target, a.outcome) for a in route.attempts] == [("primary", "throttled"), ("secondary", "ok")]
+    learned = router.status()["primary"]["rate_limit"]["learned"]["requests"]
+    assert learned["limit"] == 50 and learned["remaining"] < 1 and 1 < learned["reset_in_s"] <= 3
+    assert server.count("p") == 1
 
 
 def test_a_429_pauses_the_target_until_its_retry_after(server, make_router):
