@@ -12,6 +12,7 @@ from typing import Any
 
 from ..schema import TargetConfig
 from ..request import Request
+from ..outcomes import Outcome, TargetFailure
 from ..response import Response
 from . import Note, Target
 
@@ -50,10 +51,12 @@ class RemoteTarget(Target):
         self._fixed = fixed
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        return _response(litellm_module().completion(**self._arguments(request, timeout)))
+        raw = litellm_module().completion(**self._arguments(request, timeout))
+        return _answer(raw)
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        return _response(await litellm_module().acompletion(**self._arguments(request, timeout)))
+        raw = await litellm_module().acompletion(**self._arguments(request, timeout))
+        return _answer(raw)
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
@@ -70,11 +73,15 @@ class RemoteTarget(Target):
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
 
 
-def _response(raw: Any) -> Response:
-    """Our Response, with the provider's HTTP headers, which litellm keeps in
-    `_hidden_params["additional_headers"]` (OpenAI-compatible ones as sent, every raw
-    one also as `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
+def _answer(raw: Any) -> Response:
+    """The provider's reply, or TRANSIENT when it is a 200 without an answer: litellm
+    passes `"choices": []` through as an empty success, which would end the chain walk.
+    With the provider's HTTP headers, which litellm keeps in `_hidden_params
+    ["additional_headers"]` (OpenAI-compatible ones as sent, every raw one also as
+    `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
     response = Response.from_openai(raw)
+    if not response.choices:
+        raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
     hidden = getattr(raw, "_hidden_params", None)
     if isinstance(hidden, dict):
         response.headers = hidden.get("additional_headers") or None
