@@ -193,13 +193,14 @@ class Walk:
             self._waited += result.waited_s
             if self._events.active:
                 self._events.emit("throttled", target=name, chain=self.chain.name, wait_s=result.waited_s,
-                                  detail=result.reason)
+                                  detail=result.reason, call_id=self.call_id)
             self.record(Attempt(name, Outcome.THROTTLED.value, detail=result.reason, waited_s=self._take_wait()))
             raise Throttled(classify(TargetFailure(Outcome.THROTTLED, f"rate limit: {result.reason}")))
         if result is not None and result.waited_s:
             self._waited += result.waited_s
             if self._events.active:
-                self._events.emit("rate_wait", target=name, chain=self.chain.name, wait_s=result.waited_s)
+                self._events.emit("rate_wait", target=name, chain=self.chain.name, wait_s=result.waited_s,
+                                  call_id=self.call_id)
         return result
 
     def note(self, config: TargetConfig) -> Note:
