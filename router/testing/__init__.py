@@ -16,6 +16,7 @@ from .faults import (
     context_too_long,
     flaky,
     hang,
+    limited,
     malformed,
     ok,
     recover_after,
@@ -29,5 +30,5 @@ from .server import FaultServer, ReceivedRequest
 __all__ = [
     "FaultServer", "ReceivedRequest", "Fault", "faults",
     "ok", "status", "context_too_long", "content_policy", "hang", "reset",
-    "malformed", "flaky", "recover_after", "stream", "refuse_prefill",
+    "malformed", "flaky", "recover_after", "stream", "limited", "refuse_prefill",
 ]

@@ -133,6 +133,7 @@ class FaultServer:
         self._log: list = []
         self._by_model: dict = {}
         self._left: dict = {}
+        self._statuses: dict = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "FaultServer":
@@ -207,6 +208,17 @@ class FaultServer:
         with self._lock:
             return len(self._log if model is None else self._by_model.get(model, ()))
 
+    def statuses(self, model: Optional[str] = None) -> dict:
+        """HTTP statuses answered for ``model`` (all models if None), e.g. ``{200: 20, 429: 3}``
+        (replies that are not a status, such as hangs and resets, are not counted)."""
+        with self._lock:
+            sources = [self._statuses.get(model, {})] if model is not None else list(self._statuses.values())
+            total: dict = {}
+            for sent in sources:
+                for code, n in sent.items():
+                    total[code] = total.get(code, 0) + n
+            return total
+
     def hangups(self, model: Optional[str] = None) -> list[float]:
         """``time.monotonic()`` of each time a client of ``model`` (any model if None) closed
         its connection while the server was holding it inside a fault (a hang, a stall, a
@@ -250,7 +262,12 @@ class FaultServer:
             else:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
-            return faults.resolve(step.fault, step.state, t, body)
+            fault = faults.resolve(step.fault, step.state, t, body)
+            code = fault.code if isinstance(fault, faults.Status) else 200 if fault.kind in ("ok", "stream") else None
+            if code is not None:
+                sent = self._statuses.setdefault(model, {})
+                sent[code] = sent.get(code, 0) + 1
+            return fault
 
     def __repr__(self) -> str:
         state = "running" if self._httpd is not None else "stopped"
