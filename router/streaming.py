@@ -219,10 +219,8 @@ class Stream(_StreamShell):
                 self.close()
                 raise
             except Exception as exc:
-                broke: Exception | None = exc
+                broke = exc
             else:
-                broke = None
-            if broke is None:
                 if chunk is not None:
                     return chunk
                 continue
@@ -272,10 +270,8 @@ class AsyncStream(_StreamShell):
                 await self.aclose()
                 raise
             except Exception as exc:
-                broke: Exception | None = exc
+                broke = exc
             else:
-                broke = None
-            if broke is None:
                 if chunk is not None:
                     return chunk
                 continue
