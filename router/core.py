@@ -14,6 +14,7 @@ from typing import Any, Literal, overload
 
 from .breaker import Circuit
 from .bulkhead import Bulkhead
+from .cache.tier import open_caches
 from .config import config_from_dict, load_config
 from .schema import ChainConfig, RouterConfig, TargetConfig
 from .errors import InvalidRequest
@@ -53,9 +54,10 @@ class Router:
         self._budgets = {name: self._state.budget(name, target.retry.budget) for name, target in config.targets.items()}
         self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
                            for name, target in config.targets.items()}
+        self._answers = open_caches(config)
         for name, target in config.targets.items():
             if not target.disabled:
-                self._targets[name] = build_target(target)
+                self._targets[name] = build_target(target, self._answers)
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
         self._misconfigured: dict[str, str] = {}
         for name, target in config.targets.items():
@@ -112,7 +114,7 @@ class Router:
     def _walk(self, messages: Any, chain: str, deadline: float | None, stream: Any,
               params: dict[str, Any]) -> Walk:
         request = build_request(messages, {**params, "stream": stream})
-        return Walk(self, self._chain(chain), request, self._deadline(deadline))
+        return Walk(self, self._chain(chain), request, self._deadline(deadline), self._answers)
 
     # -- operators -------------------------------------------------------------------------
 
@@ -143,6 +145,24 @@ class Router:
         self._misconfigured.pop(target, None)
 
     reset = force_close
+
+    def cache_stats(self) -> dict[str, dict[str, Any]]:
+        """Each cache tier: backend, entries, bytes, hits, ages of its oldest and newest
+        answers, and what this process counted (hits, misses, writes, errors)."""
+        return {name: cache.stats() for name, cache in self._answers.caches.items()}
+
+    def clear_cache(self, target: str | None = None) -> dict[str, int]:
+        """Forget every answer of one cache tier (or of all): how many each had."""
+        names = [target] if target is not None else list(self._answers.caches)
+        unknown = [n for n in names if n not in self._answers.caches]
+        if unknown:
+            raise KeyError(f"{unknown[0]!r} is not a cache target; cache targets: {', '.join(self._answers.caches)}")
+        return {name: self._answers.caches[name].clear() for name in names}
+
+    def flush_cache(self, timeout: float = 5.0) -> bool:
+        """Wait until answers already handed to the cache tiers are written (sqlite and Redis
+        write in the background; this also runs at exit). False if `timeout` passed first."""
+        return self._answers.flush(timeout)
 
     def add_listener(self, listener: Listener) -> None:
         """Also tell `listener` every event from now on."""

@@ -35,6 +35,7 @@ class Outcome(str, Enum):
     MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
     CANCELLED = "cancelled"  # the caller gave up
+    CACHE_MISS = "cache_miss"  # a cache tier had no fresh answer for this request
     # why a target was passed over without a request
     CIRCUIT_OPEN = "circuit_open"
     DISABLED = "disabled"
@@ -65,6 +66,8 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
+    # Asking the cache again finds the same nothing; a miss says nothing about the cache's health.
+    Outcome.CACHE_MISS: Handling(retry=False, counts=False, fail_over=True),
     # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
     Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),
 }

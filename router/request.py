@@ -12,6 +12,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 # Keys the router owns: a caller passing them would bypass the target's configuration.
 _RESERVED = frozenset({"model", "messages", "api_key", "api_base", "base_url", "max_retries",
                        "num_retries", "timeout"})
+# Per-call arguments for the router itself: never passed on to a target.
+_ROUTER_KEYS = frozenset({"stream", "cache", "cache_scope"})
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,8 @@ class Request:
     messages: list[dict[str, Any]]
     params: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
+    cache: bool = True  # read and write cache tiers (`cache=False` per call: neither)
+    cache_scope: str | None = None  # part of the cache key, never sent to a provider
 
 
 def build_request(messages: Any, params: Mapping[str, Any]) -> Request:
@@ -51,5 +55,10 @@ def build_request(messages: Any, params: Mapping[str, Any]) -> Request:
     stream = params.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be true or false, got {stream!r}")
-    rest = {k: v for k, v in params.items() if k != "stream"}
-    return Request(messages=[dict(m) for m in messages], params=rest, stream=stream)
+    cache, scope = params.get("cache", True), params.get("cache_scope")
+    if not isinstance(cache, bool):
+        raise InvalidRequest(f"cache must be true or false, got {cache!r}")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidRequest(f"cache_scope must be a string, got {type(scope).__name__}")
+    rest = {k: v for k, v in params.items() if k not in _ROUTER_KEYS}
+    return Request(messages=[dict(m) for m in messages], params=rest, stream=stream, cache=cache, cache_scope=scope)

@@ -24,7 +24,7 @@ from .breaker import CircuitOpen
 from .schema import TargetConfig
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
-from .response import Chunk, ChunkChoice, Delta, Route
+from .response import Chunk, ChunkChoice, Delta, Route, answer_of
 from .retry import AttemptFailed, Deadline
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
 from .walk import Admission, Walk, with_retries, with_retries_async
@@ -50,6 +50,7 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         if opened is not None:
             self.switch(opened)
 
@@ -90,6 +91,8 @@ class _StreamCore:
         if self.continued and not _carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
+        if self.kept is not None:
+            self.kept.append(chunk)
         self.parts.append(chunk.text)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         return chunk
@@ -101,6 +104,8 @@ class _StreamCore:
         assert self.opened is not None
         self.walk.succeeded(self.opened.config, self.opened.admission)
         self.walk.finish("ok")
+        if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
+            self.walk.answered(self.opened.config, answer_of(self.kept))
         self.opened = None
 
     def broke(self, exc: BaseException) -> list[TargetConfig]:

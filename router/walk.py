@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import tenacity
 
 from .breaker import CircuitOpen, Ticket
+from .cache.tier import AnswerCaches, CacheHit
 from .schema import ChainConfig, TargetConfig
 from .errors import AllTargetsFailed, ContentRejected
 from .outcomes import Outcome, TargetFailure, classify
@@ -47,8 +48,10 @@ class Admission:
 class Walk:
     """One call down one chain: its route, its deadline, and what each target said."""
 
-    def __init__(self, router: Router, chain: ChainConfig, request: Request, deadline: Deadline) -> None:
+    def __init__(self, router: Router, chain: ChainConfig, request: Request, deadline: Deadline,
+                 answers: AnswerCaches | None = None) -> None:
         self.router = router
+        self.answers = answers
         self.chain = chain
         self.request = request
         self.deadline = deadline
@@ -144,7 +147,12 @@ class Walk:
         self.router._bulkheads[config.name].release()
 
     def note(self, config: TargetConfig):
-        return lambda text: self.route.notes.append(f"{config.name}: {text}")
+        def add(text: Any) -> None:
+            if isinstance(text, CacheHit):
+                self.route.cache_age_s = text.age_s
+            self.route.notes.append(f"{config.name}: {text}")
+
+        return add
 
     def succeeded(self, config: TargetConfig, admission: Admission) -> None:
         self._settle(config)
@@ -199,7 +207,8 @@ class Walk:
                               outcome=Outcome.CIRCUIT_OPEN.value)
             return
         failure = exc.failure
-        self.errors[config.name] = failure.error
+        if failure.outcome is not Outcome.CACHE_MISS:  # a miss must not hide the providers' own errors
+            self.errors[config.name] = failure.error
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
@@ -214,7 +223,17 @@ class Walk:
         self.route.degraded = config.degraded
         self.finish("ok")
         response.route = self.route
+        self.answered(config, response)
         return response
+
+    @property
+    def keeps_answers(self) -> bool:
+        return self.answers is not None and self.answers.keeps(self.chain.name, self.request)
+
+    def answered(self, config: TargetConfig, response: Response) -> None:
+        """The call is answered: cache tiers of the chain may keep the answer."""
+        if self.answers is not None:
+            self.answers.answered(self.chain.name, self.request, config, response, self.route)
 
     def give_up(self) -> Response:
         """The static reply when the chain has one, else `AllTargetsFailed`."""

@@ -9,11 +9,14 @@ is classified by `router.outcomes.classify`; targets that are not provider SDKs 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
+
+if TYPE_CHECKING:
+    from ..cache.tier import AnswerCaches
 
 Note = Callable[[str], None]
 
@@ -26,8 +29,14 @@ class Target(Protocol):
         ...
 
 
-def build_target(config: TargetConfig) -> Target:
-    """The target object for one configured target (imports nothing heavy)."""
+def build_target(config: TargetConfig, caches: AnswerCaches | None = None) -> Target:
+    """The target object for one configured target (imports nothing heavy); a cache tier
+    reads its store from `caches`."""
+    if config.provider == "cache":
+        from .cache import CacheTarget
+
+        assert caches is not None, "a cache target needs the Router's caches"
+        return CacheTarget(config, caches.caches[config.name])
     if config.provider == "llama_cpp":
         from .local import LocalTarget
 

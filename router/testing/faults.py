@@ -32,6 +32,7 @@ class Ok:
 
     text: str = DEFAULT_TEXT
     delay: float = 0.0
+    finish_reason: str = "stop"
     kind: str = _kind("ok")
 
 
@@ -137,10 +138,11 @@ def _check_delay(name: str, value: Optional[float]) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0) -> Ok:
-    """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte)."""
+def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0, finish_reason: str = "stop") -> Ok:
+    """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte),
+    with ``finish_reason`` (``"length"``: an answer cut by the token limit)."""
     _check_delay("delay", delay)
-    return Ok(text=text, delay=delay)
+    return Ok(text=text, delay=delay, finish_reason=finish_reason)
 
 
 def status(

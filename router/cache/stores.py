@@ -1,0 +1,193 @@
+"""Where a cache tier's answers live: `MemoryStore` (this process), `SqliteStore` (a file
+that survives restarts and that several processes share) or `RedisStore`
+(redis_answers.py: the whole fleet).
+
+Every store keeps, per key, the answer's text, when it was stored (wall-clock seconds:
+processes and machines compare them) and when it was last served (least recently used
+entries go first beyond `max_entries`). `get` is what a call waits for; `put` and
+`touch` (a hit: last used, hit count) run off the call path for the stores that do I/O.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stored:
+    payload: str  # the answer (policy.encode)
+    stored_at: float  # time.time() when it was written
+
+
+class AnswerStore:
+    """The interface of the three stores."""
+
+    backend = ""
+    does_io = True  # writes go through the background writer
+
+    def get(self, key: str, now: float) -> Stored | None:
+        """The fresh answer under `key`, or None (missing or older than the ttl)."""
+        raise NotImplementedError
+
+    def put(self, key: str, payload: str, now: float) -> None:
+        raise NotImplementedError
+
+    def touch(self, key: str, now: float) -> None:
+        """`key` was served: it is the most recently used, and one hit more."""
+        raise NotImplementedError
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """entries, bytes, hits, oldest_s, newest_s (ages of the fresh entries)."""
+        raise NotImplementedError
+
+    def clear(self) -> int:
+        """Remove every entry; how many there were."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStore(AnswerStore):
+    """An LRU dict in this process: each Router has its own, gone with the process."""
+
+    backend = "memory"
+    does_io = False
+
+    def __init__(self, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, list[Any]] = OrderedDict()  # key -> [payload, stored_at, hits]
+        self._lock = threading.Lock()
+
+    def get(self, key: str, now: float) -> Stored | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] < now - self.ttl:
+                del self._entries[key]
+                return None
+            return Stored(entry[0], entry[1])
+
+    def put(self, key: str, payload: str, now: float) -> None:
+        with self._lock:
+            self._entries[key] = [payload, now, 0]
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def touch(self, key: str, now: float) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                entry[2] += 1
+                self._entries.move_to_end(key)
+
+    def stats(self, now: float) -> dict[str, Any]:
+        with self._lock:
+            fresh = [e for e in self._entries.values() if e[1] >= now - self.ttl]
+        return summarize(len(fresh), sum(len(e[0].encode()) for e in fresh), sum(e[2] for e in fresh),
+                        [e[1] for e in fresh], now)
+
+    def clear(self) -> int:
+        with self._lock:
+            count = len(self._entries)
+            self._entries.clear()
+        return count
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    payload TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    last_used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS answers_last_used ON answers (last_used);
+CREATE INDEX IF NOT EXISTS answers_stored_at ON answers (stored_at);
+"""
+_PUT = """INSERT INTO answers (key, payload, stored_at, last_used, hits) VALUES (?, ?, ?, ?, 0)
+ON CONFLICT (key) DO UPDATE SET payload = excluded.payload, stored_at = excluded.stored_at,
+last_used = excluded.last_used"""
+_TRIM = "DELETE FROM answers WHERE key IN (SELECT key FROM answers ORDER BY last_used DESC LIMIT -1 OFFSET ?)"
+READ_BUSY_S = 1.0  # a read waits at most this long for another process's write lock
+WRITE_BUSY_S = 10.0  # writes run in the background: they may wait longer
+
+
+class SqliteStore(AnswerStore):
+    """One sqlite file, in WAL mode: readers never wait for a writer, and several processes
+    (and Routers) share it; a write that finds the file locked by another process waits up
+    to `WRITE_BUSY_S` (sqlite's busy timeout) instead of failing. One connection reads (for
+    calls), one writes (the background writer, `clear`), so a read never queues behind a
+    write that waits for another process."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str, ttl: float, max_entries: int) -> None:
+        self.path = path
+        self.ttl = ttl
+        self.max_entries = max_entries
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._connect(WRITE_BUSY_S)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(_SCHEMA)
+        self._reader = self._connect(READ_BUSY_S)
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+
+    def _connect(self, busy_s: float) -> sqlite3.Connection:
+        # isolation_level=None: autocommit, transactions only where this code opens them
+        connection = sqlite3.connect(self.path, timeout=busy_s, isolation_level=None, check_same_thread=False)
+        connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a crash of the process
+        return connection
+
+    def get(self, key: str, now: float) -> Stored | None:
+        with self._read_lock:
+            row = self._reader.execute("SELECT payload, stored_at FROM answers WHERE key = ? AND stored_at >= ?",
+                                       (key, now - self.ttl)).fetchone()
+        return Stored(row[0], row[1]) if row else None
+
+    def put(self, key: str, payload: str, now: float) -> None:
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                self._writer.execute(_PUT, (key, payload, now, now))
+                self._writer.execute("DELETE FROM answers WHERE stored_at < ?", (now - self.ttl,))
+                self._writer.execute(_TRIM, (self.max_entries,))
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+
+    def touch(self, key: str, now: float) -> None:
+        with self._write_lock:
+            self._writer.execute("UPDATE answers SET last_used = ?, hits = hits + 1 WHERE key = ?", (now, key))
+
+    def stats(self, now: float) -> dict[str, Any]:
+        with self._read_lock:
+            count, size, hits, oldest, newest = self._reader.execute(
+                "SELECT COUNT(*), SUM(LENGTH(CAST(payload AS BLOB))), SUM(hits), MIN(stored_at), MAX(stored_at) "
+                "FROM answers WHERE stored_at >= ?", (now - self.ttl,)).fetchone()
+        return summarize(count, size or 0, hits or 0, [t for t in (oldest, newest) if t is not None], now)
+
+    def clear(self) -> int:
+        with self._write_lock:
+            return self._writer.execute("DELETE FROM answers").rowcount
+
+    def close(self) -> None:
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
+
+
+def summarize(entries: int, size: int, hits: int, stored: list[float], now: float) -> dict[str, Any]:
+    return {"entries": entries, "bytes": size, "hits": hits,
+            "oldest_s": round(now - min(stored), 3) if stored else None,
+            "newest_s": round(now - max(stored), 3) if stored else None}
