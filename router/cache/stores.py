@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,7 @@ class SqliteStore(AnswerStore):
         self.max_entries = max_entries
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._writer = self._connect(WRITE_BUSY_S)
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.executescript(_SCHEMA)
+        self._create()
         self._reader = self._connect(READ_BUSY_S)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -147,6 +147,20 @@ class SqliteStore(AnswerStore):
         connection = sqlite3.connect(self.path, timeout=busy_s, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a crash of the process
         return connection
+
+    def _create(self) -> None:
+        """WAL mode and the table. Switching to WAL does not wait on sqlite's busy handler,
+        so two processes opening a new file at once retry here, as long as a write would."""
+        give_up = time.monotonic() + WRITE_BUSY_S
+        while True:
+            try:
+                self._writer.execute("PRAGMA journal_mode=WAL")
+                self._writer.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.02)
 
     def get(self, key: str, now: float) -> Stored | None:
         with self._read_lock:
