@@ -10,13 +10,15 @@ entries go first beyond `max_entries`). `get` is what a call waits for; `put` an
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class SqliteStore(AnswerStore):
         self._read_lock = threading.Lock()
 
     def _connect(self, busy_s: float) -> sqlite3.Connection:
+        import sqlite3  # on first use: `import router` stays lean
+
         # isolation_level=None: autocommit, transactions only where this code opens them
         connection = sqlite3.connect(self.path, timeout=busy_s, isolation_level=None, check_same_thread=False)
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable across a crash of the process
@@ -151,6 +155,8 @@ class SqliteStore(AnswerStore):
     def _create(self) -> None:
         """WAL mode and the table. Switching to WAL does not wait on sqlite's busy handler,
         so two processes opening a new file at once retry here, as long as a write would."""
+        import sqlite3
+
         give_up = time.monotonic() + WRITE_BUSY_S
         while True:
             try:
