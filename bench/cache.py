@@ -33,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import CliServer, Report, median, paired_ratio, rotations
+from .common import CliServer, Report, median, paired_ratio, rotations, timed_block
 
 TARGET_WRITE_OVERHEAD = 1.03
 PROMPTS = [[{"role": "user", "content": f"question number {i}: what does a circuit breaker do?"}] for i in range(64)]
@@ -131,17 +131,11 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         gc.freeze()
         blocks: dict[str, list[float]] = {name: [] for name in names}
         block_p50: dict[str, list[float]] = {name: [] for name in names}
-        perf = time.perf_counter
         for order in rotations(names, rounds):
             for name in order:
-                lat = []
-                started = perf()
-                for _ in range(per_block):
-                    t = perf()
-                    call(name)
-                    lat.append(perf() - t)
-                blocks[name].append(perf() - started)
-                block_p50[name].append(median(lat))
+                block, latencies = timed_block(lambda: call(name), per_block)
+                blocks[name].append(block)
+                block_p50[name].append(median(latencies))
         for router, _ in routers.values():
             router.flush_cache()
         gc.unfreeze()

@@ -183,6 +183,10 @@ def _cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cache_backend(target: Any) -> str | None:
+    return f"cache: {target.cache.backend}" if target.cache is not None else None
+
+
 def _age(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds:.0f} s"
 
@@ -193,7 +197,7 @@ def _check_config(args: argparse.Namespace) -> int:
     chains: dict[str, Any] = {}
     for name, chain in config.chains.items():
         chains[name] = [
-            {"target": t, "model": config.targets[t].model, "degraded": config.targets[t].degraded,
+            {"target": t, "model": config.targets[t].model or _cache_backend(config.targets[t]), "degraded": config.targets[t].degraded,
              "disabled": config.targets[t].disabled
              or ("offline mode" if config.offline and config.targets[t].is_remote else None)}
             for t in chain.targets
