@@ -197,7 +197,8 @@ class _Loader:
             file = Path(os.path.expanduser(options.path or DEFAULT_CACHE_FILE))
             options = replace(options, path=str(file if file.is_absolute() else self.base_dir / file))
         return replace(base, name=name, provider="cache", model=None, params={}, cache=options,
-                       retry=replace(base.retry, attempts=1),
+                       # a miss is never retried: no retries, so no retry budget either
+                       retry=replace(base.retry, attempts=1, budget=replace(base.retry.budget, enabled=False)),
                        breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
                        degraded=self.value(data.get("degraded", True), f"{path}.degraded", bool),
                        **self.limits({k: v for k, v in data.items() if k == "timeout"}, path))
