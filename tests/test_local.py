@@ -23,6 +23,11 @@ from router.request import build_request
 from router.targets.local import LocalTarget, _ModelPool, _pool_for
 
 FAR = 60.0  # a timeout that is never the point of the test
+# Forces a long generation whatever the model would choose: greedy decoding with the end-of-turn
+# (<|im_end|>, 2) and end-of-text (<|endoftext|>, 0) tokens of SmolLM2 banned, so it can only stop
+# at max_tokens or the clock. Without it, how long the model talks depended on what the shared pool
+# ran before (sampling state, cached prompt): the test below failed in every full run.
+NEVER_ENDING = {"temperature": 0, "seed": 7, "logit_bias": {0: -1000.0, 2: -1000.0}}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +164,7 @@ def test_stream_continues_a_partial_answer(model_path):
 
 def test_stream_past_the_timeout_is_silent_and_closing_frees_the_model(model_path):
     t = target(model_path, max_tokens=900)
-    request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900})
+    request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900, **NEVER_ENDING})
     received = []
     started = time.monotonic()
     err = failure(lambda: received.extend(t.stream(request, timeout=1.0, note=lambda _: None)))
@@ -327,7 +332,8 @@ def test_max_tokens_cap_defaults_below_n_ctx(model_path):
 def test_generation_past_the_timeout_is_silent(model_path):
     t = target(model_path, max_tokens=1000)
     started = time.monotonic()  # 900 tokens take ~9 s at the ~100 tokens/s of 2 idle cores
-    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.5, max_tokens=900))
+    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.5, max_tokens=900,
+                              **NEVER_ENDING))
     assert time.monotonic() - started < 3.0  # slack for a busy machine, still far from finishing
     assert err.outcome is Outcome.SILENT and str(err) == "local model exceeded its timeout of 0.5 s"
     assert ask(t, "Hi", max_tokens=4).text.strip()  # the model is fine afterwards
