@@ -119,6 +119,18 @@ def test_when_every_target_fails_the_providers_error_is_the_cause_not_the_miss(s
     assert failed.value.__cause__ is failed.value.errors["secondary"]
 
 
+def test_a_primary_that_hangs_past_the_deadline_still_leaves_the_cache_tier_its_turn(server):
+    router = Router.from_dict(config(server, static=False))
+    router.complete(HI)
+    server.script("p", faults.hang(10))
+    server.script("s", faults.hang(10))
+    started = time.monotonic()
+    resp = router.complete(HI, deadline=1)  # the two hanging providers use all of it
+    assert resp.route.served_by == "recent"
+    assert outcomes(resp) == [("primary", "deadline"), ("secondary", "deadline"), ("recent", "ok")]
+    assert time.monotonic() - started < 5
+
+
 def test_an_answer_older_than_the_ttl_is_not_served(server):
     router = Router.from_dict(config(server, {"ttl": 2}))
     router.complete(HI)
