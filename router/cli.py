@@ -102,7 +102,11 @@ def _complete(args: argparse.Namespace) -> int:
         print(resp.text)
     route = resp.route
     tried = ", ".join(f"{a.target}={a.outcome}" for a in route.attempts) if route else ""
-    print(f"[served by {route.served_by}{' (degraded)' if route.degraded else ''} "
+    tags = ["degraded"] if route.degraded else []
+    if route.cache_age_s is not None:
+        tags.append(f"stored {route.cache_age_s:.0f} s ago")
+    shown = f" ({', '.join(tags)})" if tags else ""
+    print(f"[served by {route.served_by}{shown} "
           f"in {route.latency_s:.2f} s; {tried}]", file=sys.stderr)
     return EXIT_OK
 

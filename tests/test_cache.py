@@ -472,3 +472,15 @@ def test_a_replayed_answer_with_tool_calls_reads_back_as_the_same_answer():
     assert len([c for c in chunks if c.text]) == 2  # eight words per chunk
     again = answer_of(chunks)
     assert again.choices == original.choices and (again.id, again.model, again.created) == ("r1", "m", 1700000000)
+
+
+def test_cli_complete_answers_from_the_sqlite_cache_written_by_an_earlier_process(server, tmp_path):
+    path = tmp_path / "router.yaml"
+    path.write_text(json.dumps(config(server, {"backend": "sqlite"})))
+    first = cli("complete", "What is a circuit breaker?", "--config", str(path))
+    assert first.returncode == 0 and "served by primary" in first.stderr, first.stderr
+    all_down(server)
+    again = cli("complete", "What is a circuit breaker?", "--config", str(path))
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert "served by recent (degraded, stored " in again.stderr
+    assert (tmp_path / ".router-cache.sqlite").is_file()  # the default path, beside the config
