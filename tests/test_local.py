@@ -18,6 +18,7 @@ import pytest
 
 from router import models
 from router.config import config_from_dict
+from router.deadline import Deadline
 from router.outcomes import Outcome, TargetFailure
 from router.request import build_request
 from router.targets.local import LocalTarget, _ModelPool, _pool_for
@@ -231,7 +232,7 @@ def test_pool_bookkeeping_under_contention():
     errors: list[str] = []
 
     def call(i: int):
-        with pool.slot(max_queue=3, deadline=time.monotonic() + FAR) as obj:
+        with pool.slot(max_queue=3, deadline=Deadline(FAR)) as obj:
             with lock:
                 if id(obj) in holders:
                     errors.append(f"{i} got an object held by {holders[id(obj)]}")
@@ -258,10 +259,10 @@ def test_pool_serves_waiters_in_arrival_order():
     order: list[int] = []
 
     def waiter(i: int) -> None:
-        with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+        with pool.slot(max_queue=5, deadline=Deadline(FAR)):
             order.append(i)
 
-    with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+    with pool.slot(max_queue=5, deadline=Deadline(FAR)):
         threads = []
         for i in range(4):
             threads.append(threading.Thread(target=waiter, args=(i,)))
@@ -275,12 +276,12 @@ def test_pool_serves_waiters_in_arrival_order():
 
 def test_pool_wait_gives_up_at_the_timeout():
     pool = _ModelPool([object()], formatter=None)
-    with pool.slot(max_queue=1, deadline=time.monotonic() + FAR):
+    with pool.slot(max_queue=1, deadline=Deadline(FAR)):
         started = time.monotonic()
-        err = failure(lambda: pool._acquire(1, time.monotonic() + 0.2))
+        err = failure(lambda: pool._acquire(1, Deadline(0.2)))
         assert 0.15 < time.monotonic() - started < 2.0
     assert err.outcome is Outcome.NO_CAPACITY and "within the timeout" in str(err)
-    with pool.slot(max_queue=0, deadline=time.monotonic() + FAR):  # free again, and nothing leaked
+    with pool.slot(max_queue=0, deadline=Deadline(FAR)):  # free again, and nothing leaked
         assert not pool._waiters
 
 
@@ -298,7 +299,7 @@ def test_truncate_drops_oldest_turns_and_keeps_the_system_message(model_path):
     # exactly the k oldest non-system turns went; the system message and the question stayed
     kept = [messages[0], *messages[1 + k:]]
     pool = _pool_for(t.options, lambda _: None)
-    with pool.slot(max_queue=1, deadline=time.monotonic() + FAR) as llm:
+    with pool.slot(max_queue=1, deadline=Deadline(FAR)) as llm:
         assert pool.count(llm, kept) == resp.usage.prompt_tokens
         assert pool.count(llm, kept) + 16 <= 256 < pool.count(llm, [messages[0], *messages[k:]]) + 16
 

@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import LocalOptions, TargetConfig
+from ..deadline import Deadline
 from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
-from . import Note
+from . import Note, Target
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
 # (user, n, tools for a remote model, ...) is dropped rather than failing the fallback.
@@ -42,8 +43,9 @@ _PASSED_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "stop", "s
 _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template cannot be rendered
 
 
-class LocalTarget:
-    """One `provider: llama_cpp` target. Instances with the same model settings share a pool."""
+class LocalTarget(Target):
+    """One `provider: llama_cpp` target. Instances with the same model settings share a pool.
+    Its async calls and streams run in a worker thread (the `Target` defaults)."""
 
     continues_streams = True  # stream(partial=...) picks up a broken stream where it stopped
 
@@ -87,7 +89,7 @@ class LocalTarget:
     def _borrow(self, request: Request, timeout: float, note: Note, partial: str = "") -> Iterator[tuple]:
         """A model for one call with the messages fitted to its context and the deadline
         armed; llama.cpp's own errors and a spent deadline come out as `TargetFailure`."""
-        deadline = time.monotonic() + timeout  # queueing and generating share one budget
+        deadline = Deadline(timeout)  # queueing and generating share one timeout
         opts = self.options
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
@@ -128,7 +130,7 @@ class _ModelPool:
         self._formatter = formatter  # the GGUF's chat template, to count prompt tokens exactly
 
     @contextmanager
-    def slot(self, *, max_queue: int, deadline: float) -> Iterator[Any]:
+    def slot(self, *, max_queue: int, deadline: Deadline) -> Iterator[Any]:
         llm = self._acquire(max_queue, deadline)
         try:
             yield llm
@@ -137,7 +139,7 @@ class _ModelPool:
                 self._free.append(llm)
                 self._cond.notify_all()
 
-    def _acquire(self, max_queue: int, deadline: float) -> Any:
+    def _acquire(self, max_queue: int, deadline: Deadline) -> Any:
         with self._cond:
             if self._free and not self._waiters:
                 return self._free.pop()
@@ -147,7 +149,7 @@ class _ModelPool:
             self._waiters.append(ticket)
             try:
                 while not (self._free and self._waiters[0] is ticket):
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline.remaining()
                     if remaining <= 0:
                         raise TargetFailure(Outcome.NO_CAPACITY, "no local model became free within the timeout: "
                                                                  f"{self._load(max_queue)}")
@@ -306,7 +308,7 @@ _LLAMA_CLASS: Any = None
 
 
 def _deadline_llama_class(llama_cpp: Any) -> Any:
-    """A `Llama` whose completions also stop at `stop_at` (time.monotonic seconds).
+    """A `Llama` whose completions also stop at `stop_at` (a `Deadline`).
 
     `create_chat_completion` takes no `stopping_criteria`, but every chat handler ends in
     `self.create_completion(..., stopping_criteria=...)`: adding ours there bounds the
@@ -316,7 +318,7 @@ def _deadline_llama_class(llama_cpp: Any) -> Any:
     global _LLAMA_CLASS
     if _LLAMA_CLASS is None:
         class DeadlineLlama(llama_cpp.Llama):
-            stop_at: float | None = None
+            stop_at: Deadline | None = None
             timed_out = False
 
             def create_completion(self, *args: Any, stopping_criteria: Any = None, **kwargs: Any) -> Any:
@@ -324,7 +326,7 @@ def _deadline_llama_class(llama_cpp: Any) -> Any:
                 return super().create_completion(*args, stopping_criteria=criteria, **kwargs)
 
             def _past_deadline(self, _tokens: Any, _logits: Any) -> bool:
-                if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                if self.stop_at is not None and self.stop_at.passed():
                     self.timed_out = True
                 return self.timed_out
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
-from . import Note
+from . import Note, Target
 
 _litellm: Any = None
 
@@ -34,9 +34,10 @@ def litellm_module() -> Any:
     return _litellm
 
 
-class RemoteTarget:
+class RemoteTarget(Target):
     """One provider + model reached with `litellm.completion`."""
 
+    streams_async = True  # litellm's acompletion(stream=True)
     continues_streams = False  # providers do not reliably resume from a partial assistant turn
 
     def __init__(self, config: TargetConfig) -> None:
@@ -56,7 +57,7 @@ class RemoteTarget:
         raw = await litellm_module().acompletion(**self._arguments(request, timeout))
         return Response.from_openai(raw)
 
-    def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[Any]:
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
         return litellm_module().completion(stream=True, **self._arguments(request, timeout))
 
