@@ -16,13 +16,14 @@ from ..cache.tier import AnswerCache
 from ..request import Request
 from ..response import Response
 from ..schema import TargetConfig
-from . import Note
+from . import Note, Target
 
 WORDS_PER_CHUNK = 8
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
-class CacheTarget:
+class CacheTarget(Target):
+    streams_async = True  # the replay is an async generator (the lookup in a thread when it does I/O)
     continues_streams = False  # a stored answer does not start from someone else's text
 
     def __init__(self, config: TargetConfig, cache: AnswerCache) -> None:
@@ -39,7 +40,7 @@ class CacheTarget:
         note(hit)  # type: ignore[arg-type]
         return response
 
-    def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[dict[str, Any]]:
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[dict[str, Any]]:
         response, hit = self.cache.lookup(request)  # now, not at the first chunk: a miss fails the attempt
         note(hit)  # type: ignore[arg-type]
         return replay(response)
