@@ -93,7 +93,9 @@ def _router_cpu_us(routers: dict[str, tuple[Any, str]], names: list[str], calls:
     background writer's included, its queue flushed before the clock stops), with
     litellm.completion answering a recorded response at once: the network and litellm
     out of the picture, so what the write adds is not lost in the machine's noise. Fewer
-    calls than the writer's queue holds, so none is dropped. Best of 3."""
+    calls than the writer's queue holds, so none is dropped. Best of 3. For the stores that
+    write on a thread this is an upper bound: in this tight loop the writer and the caller
+    contend for the GIL, where a real call leaves the writer its network wait."""
     from .common import litellm
 
     lt = litellm()
@@ -224,7 +226,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         alone[f"{a}/{b}"] = 1 + (cpu_alone[a] - cpu_alone[b]) / healthy_us
     report.line("router CPU per call with litellm answering a recorded response (us, all threads): "
                 + ", ".join(f"{k} {v:.1f}" for k, v in cpu_alone.items()))
-    report.line(f"so the write adds, on a healthy call of {healthy_us / 1e3:.2f} ms: "
+    report.line(f"so the write adds, in CPU, on a healthy call of {healthy_us / 1e3:.2f} ms: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in alone.items() if k.startswith("write_")))
 
     report.data.update({"rounds": rounds, "calls_per_block": per_block, "warmup": warmup,
@@ -236,8 +238,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
             name = f"cache_{key.split('/')[0]}_overhead"
             report.ratio(name, r["median"], f"<={TARGET_WRITE_OVERHEAD}", r["median"] <= TARGET_WRITE_OVERHEAD)
             report.ratio(f"{name}_median_call", write_p50[key]["median"], "none", None)
-            report.ratio(f"{name}_cpu_alone", alone[key], f"<={TARGET_WRITE_OVERHEAD}",
-                         alone[key] <= TARGET_WRITE_OVERHEAD)
+            report.ratio(f"{name}_cpu_alone", alone[key], "none", None)
     for key, r in hits.items():
         report.ratio(f"cache_{key.split('/')[0]}_p50_over_primary", r["median"], "none", None)
     return report.finish()
