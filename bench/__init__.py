@@ -14,6 +14,8 @@
   `litellm.acompletion`: requests per second (module ``asyncload``).
 - ``fleet``: 4 processes x 4 threads against a dead primary, circuit state in memory vs
   shared in Redis: how many requests reach the primary; and the happy-path cost of Redis.
+- ``cache``: the cache tier. A hit's p50 latency next to a healthy primary's answer, and
+  what writing every answer (memory, sqlite, Redis) adds to a healthy call.
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete
