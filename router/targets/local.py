@@ -8,7 +8,12 @@ llama.cpp error or a silently truncated answer:
 - a full pool and queue, or a queue wait past the timeout, is NO_CAPACITY;
 - a prompt that cannot fit `n_ctx` with the requested `max_tokens` is CONTEXT_TOO_LONG
   (after dropping the oldest turns when `context_policy: truncate`);
-- generation still running when the attempt's timeout is spent is SILENT.
+- generation still running when the attempt's timeout is spent is SILENT, unless waiting
+  for a free model took a tenth of that timeout or more: then the pool's queue, not the
+  model, ate the time, and it is NO_CAPACITY (counted against nothing: a burst of callers
+  must not open the last resort's circuit);
+- a request offering tools is UNSUPPORTED (the model writes prose, never tool_calls), or,
+  with `on_tools: drop`, answered without them and a route note saying so.
 
 A `llama_cpp.Llama` is not thread-safe, and loading one costs time and memory, so each
 model is loaded once per process into a `_ModelPool` of `pool_size` instances that calls
@@ -41,6 +46,7 @@ from . import Note, Target
 _PASSED_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty",
                             "frequency_penalty", "repeat_penalty", "response_format", "logit_bias"})
 _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template cannot be rendered
+_QUEUE_SHARE = 0.1  # a cut generation that queued this share of its timeout is no_capacity, not silent
 
 
 class LocalTarget(Target):
@@ -91,10 +97,16 @@ class LocalTarget(Target):
         armed; llama.cpp's own errors and a spent deadline come out as `TargetFailure`."""
         deadline = Deadline(timeout)  # queueing and generating share one timeout
         opts = self.options
+        if request.wants_tools:
+            if opts.on_tools == "skip":
+                raise TargetFailure(Outcome.UNSUPPORTED, "the local model cannot call tools: skipped "
+                                                         "(on_tools: drop answers without them)")
+            note("tools dropped: the local model answers in prose, without tool_calls")
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
         with pool.slot(max_queue=opts.max_queue, deadline=deadline) as llm:
+            queued = timeout - deadline.remaining()
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
@@ -107,6 +119,10 @@ class LocalTarget(Target):
                 raise TargetFailure(Outcome.REJECTED, f"local model rejected the request: {exc}") from exc
             finally:
                 llm.stop_at = None
+            if llm.timed_out and queued >= _QUEUE_SHARE * timeout:
+                raise TargetFailure(Outcome.NO_CAPACITY, f"local model cut off after {timeout - queued:.2f} s of "
+                                                         f"generation: {queued:.2f} s of its {timeout:g} s timeout "
+                                                         f"went to waiting for a free model")
             if llm.timed_out:
                 raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {timeout:g} s")
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..schema import TargetConfig
 from ..request import Request
+from ..outcomes import Outcome, TargetFailure
 from ..response import Response
 from . import Note, Target
 
@@ -51,11 +52,11 @@ class RemoteTarget(Target):
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         raw = litellm_module().completion(**self._arguments(request, timeout))
-        return Response.from_openai(raw)
+        return _answer(raw)
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
         raw = await litellm_module().acompletion(**self._arguments(request, timeout))
-        return Response.from_openai(raw)
+        return _answer(raw)
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps."""
@@ -70,3 +71,12 @@ class RemoteTarget(Target):
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
+
+
+def _answer(raw: Any) -> Response:
+    """The provider's reply, or TRANSIENT when it is a 200 without an answer: litellm
+    passes `"choices": []` through as an empty success, which would end the chain walk."""
+    response = Response.from_openai(raw)
+    if not response.choices:
+        raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
+    return response
