@@ -81,7 +81,7 @@ class CacheOptions:
 
     backend: str = field(default="memory", metadata={"choices": ("memory", "sqlite", "redis")})
     path: str | None = None  # sqlite only; relative to the config file (default .router-cache.sqlite)
-    ttl: float = field(default=86400.0, metadata=_at_least(0.001))  # seconds an answer may be served
+    ttl: float = field(default=86400.0, metadata={"min": 0.001, "max": 365 * 86400.0})  # seconds it may be served
     max_entries: int = field(default=10000, metadata=_at_least(1))  # least recently used go first
     max_answer_bytes: int = field(default=262144, metadata=_at_least(1))  # larger answers are not kept
 

@@ -425,6 +425,14 @@ def test_cache_config_errors_name_the_key(server, cache, state, path, message):
     assert error.value.key_path == path
 
 
+def test_cache_arguments_are_per_call_not_target_params(server):
+    data = config(server)
+    data["targets"]["primary"]["params"] = {"cache_scope": "tenant"}
+    with pytest.raises(ConfigError, match="set by the router, not a parameter") as error:
+        Router.from_dict(data)
+    assert error.value.key_path == "targets.primary.params.cache_scope"
+
+
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "router.cli", *args], capture_output=True, text=True,
                           cwd=REPO, timeout=60)
