@@ -425,6 +425,34 @@ def test_cache_config_errors_name_the_key(server, cache, state, path, message):
     assert error.value.key_path == path
 
 
+def test_advise_leaves_a_cache_tier_alone(server, tmp_path, capsys):
+    from router.cli import main
+
+    path, log = tmp_path / "router.yaml", tmp_path / "events.jsonl"
+    data = config(server)
+    data["events"] = {"log": "json"}
+    path.write_text(json.dumps(data))
+    handler, logger = logging.FileHandler(log, encoding="utf-8"), logging.getLogger("router.events")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        router = Router.from_yaml(path)
+        router.complete(HI)
+        all_down(server)
+        for _ in range(3):
+            router.complete(HI)
+            router.complete(OTHER)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+    assert {"recent"} <= {json.loads(line).get("target") for line in log.read_text().splitlines()}
+    assert main(["advise", str(log), "--config", str(path), "--json"]) == 0
+    advised = json.loads(capsys.readouterr().out)["targets"]
+    assert "primary" in advised and "recent" not in advised  # a cache tier has nothing to tune
+
+
 def test_cache_arguments_are_per_call_not_target_params(server):
     data = config(server)
     data["targets"]["primary"]["params"] = {"cache_scope": "tenant"}
