@@ -452,6 +452,12 @@ def test_advise_leaves_a_cache_tier_alone(server, tmp_path, capsys):
     advised = json.loads(capsys.readouterr().out)["targets"]
     assert "primary" in advised and "recent" not in advised  # a cache tier has nothing to tune
 
+    data["targets"]["recent"] = {"provider": "cache", "backend": "sqlite", "path": str(tmp_path / "real.sqlite")}
+    path.write_text(json.dumps(data))
+    assert main(["advise", str(log), "--config", str(path), "--json", "--replay"]) == 0
+    assert "replay" in json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "real.sqlite").exists()  # a replay never touches the real cache
+
 
 def test_cache_arguments_are_per_call_not_target_params(server):
     data = config(server)
