@@ -526,3 +526,31 @@ def test_cli_complete_answers_from_the_sqlite_cache_written_by_an_earlier_proces
     assert again.returncode == 0 and again.stdout == first.stdout
     assert "served by recent (degraded, stored " in again.stderr
     assert (tmp_path / ".router-cache.sqlite").is_file()  # the default path, beside the config
+
+
+def test_a_forked_worker_reads_and_writes_the_sqlite_cache_of_its_parent(server, tmp_path):
+    """A pre-forking server builds its Router, then forks workers: each needs connections,
+    locks and a writer thread of its own."""
+    router = Router.from_dict(config(server, {"backend": "sqlite", "path": str(tmp_path / "c.sqlite")}))
+    router.complete(HI)  # the parent's writer thread and connections exist and are in use
+    router.flush_cache()
+
+    def providers(up: bool) -> None:  # circuits in this process's memory: no request either way
+        for name in ("primary", "secondary"):
+            (router.force_close if up else router.force_open)(name)
+
+    pid = os.fork()
+    if pid == 0:  # the worker
+        code = 1
+        try:
+            providers(up=False)
+            from_cache = router.complete(HI).route.served_by
+            providers(up=True)
+            answered = router.complete(OTHER).route.served_by
+            code = 0 if (from_cache, answered, router.flush_cache()) == ("recent", "primary", True) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    providers(up=False)
+    assert router.complete(OTHER).route.served_by == "recent"  # the worker's answer, written by its own thread

@@ -10,6 +10,7 @@ entries go first beyond `max_entries`). `get` is what a call waits for; `put` an
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -129,7 +130,8 @@ class SqliteStore(AnswerStore):
     (and Routers) share it; a write that finds the file locked by another process waits up
     to `WRITE_BUSY_S` (sqlite's busy timeout) instead of failing. One connection reads (for
     calls), one writes (the background writer, `clear`), so a read never queues behind a
-    write that waits for another process."""
+    write that waits for another process. A process forked from one that had the file open
+    opens its own connections (sqlite forbids using a parent's) and locks."""
 
     backend = "sqlite"
 
@@ -138,11 +140,21 @@ class SqliteStore(AnswerStore):
         self.ttl = ttl
         self.max_entries = max_entries
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._open()
+
+    def _open(self) -> None:
+        self._pid = os.getpid()
         self._writer = self._connect(WRITE_BUSY_S)
         self._create()
         self._reader = self._connect(READ_BUSY_S)
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+
+    def _own(self) -> None:
+        """In a forked child, connections and locks of its own (the parent's are left alone:
+        closing them here could release the parent's locks on the file)."""
+        if self._pid != os.getpid():
+            self._open()
 
     def _connect(self, busy_s: float) -> sqlite3.Connection:
         import sqlite3  # on first use: `import router` stays lean
@@ -169,12 +181,14 @@ class SqliteStore(AnswerStore):
                 time.sleep(0.02)
 
     def get(self, key: str, now: float) -> Stored | None:
+        self._own()
         with self._read_lock:
             row = self._reader.execute("SELECT payload, stored_at FROM answers WHERE key = ? AND stored_at >= ?",
                                        (key, now - self.ttl)).fetchone()
         return Stored(row[0], row[1]) if row else None
 
     def put(self, key: str, payload: str, now: float) -> None:
+        self._own()
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
@@ -187,10 +201,12 @@ class SqliteStore(AnswerStore):
                 raise
 
     def touch(self, key: str, now: float) -> None:
+        self._own()
         with self._write_lock:
             self._writer.execute("UPDATE answers SET last_used = ?, hits = hits + 1 WHERE key = ?", (now, key))
 
     def stats(self, now: float) -> dict[str, Any]:
+        self._own()
         with self._read_lock:
             count, size, hits, oldest, newest = self._reader.execute(
                 "SELECT COUNT(*), SUM(LENGTH(CAST(payload AS BLOB))), SUM(hits), MIN(stored_at), MAX(stored_at) "
@@ -198,6 +214,7 @@ class SqliteStore(AnswerStore):
         return summarize(count, size or 0, hits or 0, [t for t in (oldest, newest) if t is not None], now)
 
     def clear(self) -> int:
+        self._own()
         with self._write_lock:
             return self._writer.execute("DELETE FROM answers").rowcount
 

@@ -4,13 +4,15 @@ A call hands over the finished answer (already encoded: the caller may change th
 response object afterwards) and returns; the thread writes it. The queue is bounded:
 when a store falls that far behind, further answers are dropped, not queued without
 end. `flush` waits until what was handed over has been written; it runs at exit too
-(`FLUSH_AT_EXIT_S` at most), so a process that answers and exits keeps its answers.
+(`FLUSH_AT_EXIT_S` at most), so a process that answers and exits keeps its answers. A
+forked child (a pre-forking server's worker) starts with an empty queue and its own thread.
 """
 
 from __future__ import annotations
 
 import atexit
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -28,11 +30,17 @@ class BackgroundWriter:
 
     def __init__(self, name: str, max_pending: int = MAX_PENDING) -> None:
         self.name = name
-        self._jobs: queue.Queue[Callable[[], None] | threading.Event] = queue.Queue(max_pending)
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.restart()
+        _writers.add(self)
+
+    def restart(self) -> None:
+        """An empty queue and no thread yet: at start, and in a forked child, where the
+        parent's thread does not exist (and its locks may be held forever)."""
+        self._jobs: queue.Queue[Callable[[], None] | threading.Event] = queue.Queue(self.max_pending)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.dropped = 0
-        _writers.add(self)
 
     def submit(self, job: Callable[[], None]) -> bool:
         """Queue `job` (it must handle its own errors); False when the queue is full."""
@@ -78,3 +86,11 @@ class BackgroundWriter:
 def _flush_at_exit() -> None:
     for writer in list(_writers):
         writer.flush(FLUSH_AT_EXIT_S)
+
+
+def _restart_after_fork() -> None:
+    for writer in list(_writers):
+        writer.restart()
+
+
+os.register_at_fork(after_in_child=_restart_after_fork)
