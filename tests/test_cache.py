@@ -219,17 +219,22 @@ def test_an_answer_cut_by_length_is_kept_only_when_a_token_limit_was_asked_for(s
     assert resp.route.served_by == "recent" and resp.choices[0].finish_reason == "length"
 
 
-def test_max_entries_and_max_answer_bytes_bound_the_cache(server):
-    router = Router.from_dict(config(server, {"max_entries": 2, "max_answer_bytes": 600}))
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_max_entries_and_max_answer_bytes_bound_the_cache(server, tmp_path, backend):
+    store = {"backend": backend, **({"path": str(tmp_path / "c.sqlite")} if backend == "sqlite" else {})}
+    router = Router.from_dict(config(server, {"max_entries": 2, "max_answer_bytes": 600, **store}))
     prompts = [[{"role": "user", "content": f"question {i}"}] for i in range(3)]
     router.complete(prompts[0])
     router.complete(prompts[1])
+    router.flush_cache()  # sqlite writes in the background
     all_down(server)
     assert router.complete(prompts[0]).route.served_by == "recent"  # now the most recently used
+    router.flush_cache()
     server.reset()
     router.complete(prompts[2])  # a third: the least recently used (question 1) goes
     server.script("p", faults.ok("x" * 1000))
     router.complete(OTHER)  # larger than max_answer_bytes: not kept
+    router.flush_cache()
     all_down(server)
     served = [router.complete(p).route.served_by for p in prompts]
     assert served == ["recent", "static", "recent"]
