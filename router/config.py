@@ -26,7 +26,7 @@ from .errors import ConfigError, InvalidRequest
 from .redact import Secret
 from .request import ROUTER_OWNED_PARAMS, check_params
 from .schema import (MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
-                     RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
+                     RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 
@@ -41,7 +41,7 @@ _LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
     "first_token_timeout": (float, 0, True, MAX_DURATION_S),
     "stream_idle_timeout": (float, 0, True, MAX_DURATION_S),
 }
-_DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", *_LIMITS)
+_DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", "rate_limit", *_LIMITS)
 # Every field of TargetConfig is a key of a target, except those the loader fills in.
 _TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("name", "local", "cache", "disabled"))
 # A cache tier calls no provider: it takes its own options and nothing about a model.
@@ -105,8 +105,10 @@ class _Loader:
         retry = self.build(RetryPolicy, defaults.get("retry", {}), "defaults.retry", RetryPolicy())
         breaker = self.build(BreakerPolicy, defaults.get("breaker", {}), "defaults.breaker", BreakerPolicy())
         params = self.params(defaults.get("params", {}), "defaults.params")
+        rate_limit = self.build(RateLimitPolicy, defaults.get("rate_limit", {}), "defaults.rate_limit",
+                                RateLimitPolicy())
         base = TargetConfig(name="", provider="litellm", model=None, timeout=30.0, retry=retry,
-                            breaker=breaker, params=params)
+                            breaker=breaker, params=params, rate_limit=rate_limit)
         base = replace(base, **self.limits(defaults, "defaults"))
 
         targets_raw = self.mapping(top["targets"], "targets")
@@ -185,6 +187,8 @@ class _Loader:
             api_base=self.value(data["api_base"], f"{path}.api_base", str) if "api_base" in data else None,
             retry=self.build(RetryPolicy, data.get("retry", {}), f"{path}.retry", base.retry),
             breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
+            rate_limit=self.build(RateLimitPolicy, data.get("rate_limit", {}), f"{path}.rate_limit",
+                                  base.rate_limit),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
             context_window=context_window,
             params={**base.params, **self.params(data.get("params", {}), f"{path}.params")},
@@ -206,6 +210,7 @@ class _Loader:
         return replace(base, name=name, provider="cache", model=None, params={}, cache=options,
                        # a miss is never retried: no retries, so no retry budget either
                        retry=replace(base.retry, attempts=1, budget=replace(base.retry.budget, enabled=False)),
+                       rate_limit=RateLimitPolicy(),  # no provider to pace: defaults.rate_limit is not for it
                        breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
                        degraded=self.value(data.get("degraded", True), f"{path}.degraded", bool),
                        **self.limits({k: v for k, v in data.items() if k == "timeout"}, path))

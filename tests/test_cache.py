@@ -464,6 +464,16 @@ def test_advise_leaves_a_cache_tier_alone(server, tmp_path, capsys):
     assert not (tmp_path / "real.sqlite").exists()  # a replay never touches the real cache
 
 
+def test_defaults_rate_limit_paces_providers_not_the_cache_tier(server):
+    data = config(server)
+    data["defaults"]["rate_limit"] = {"rpm": 1, "burst": 1, "max_wait": 0}
+    router = Router.from_dict(data)
+    assert router.complete(HI).route.served_by == "primary"  # the primary's one request this minute
+    all_down(server)
+    served = [router.complete(HI).route.served_by for _ in range(5)]
+    assert served == ["recent"] * 5  # the cache tier is never throttled
+
+
 def test_cache_arguments_are_per_call_not_target_params(server):
     data = config(server)
     data["targets"]["primary"]["params"] = {"cache_scope": "tenant"}
