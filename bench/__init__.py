@@ -18,6 +18,8 @@
   threads with a fallback: ours with `rate_limit: {rpm: 1200, max_wait: 2}` vs
   `litellm.Router` with `rpm` vs ours without a limit: 429s provoked, share served by the
   primary, wall time; then 2 processes sharing the limit through Redis.
+- ``cache``: the cache tier. A hit's p50 latency next to a healthy primary's answer, and
+  what writing every answer (memory, sqlite, Redis) adds to a healthy call.
 - ``streams``: 50 streamed calls whose primary is cut at 2/3 of the answer, recovered by a
   continuation on a prefill target vs a restart vs an uninterrupted stream: time to the
   last token as a ratio to the uninterrupted stream, and garbled answers (module
