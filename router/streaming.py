@@ -404,12 +404,12 @@ def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> I
 
 
 def _async_source(walk: Walk, member: Member, admission: Admission, partial: str) -> Any:
-    """litellm's own async stream when the target has one; else the sync stream read in a
-    thread."""
+    """The target's own async stream when it has one; else the sync stream read in a thread.
+    `partial` goes only to a continuation (as in `_chunks`)."""
     if member.target.streams_async:
         note = walk.note(member.config)
-        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note,
-                                                         partial=partial))
+        extra = {"partial": partial} if partial else {}
+        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note, **extra))
     return ThreadedSource(lambda: _chunks(walk, member, admission, partial))
 
 
