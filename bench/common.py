@@ -134,6 +134,9 @@ class ControlledServer(FaultServerHandle):
     def count(self, model: str | None = None) -> int:
         return int(self._ask({"op": "count", "model": model})["count"])
 
+    def statuses(self, model: str | None = None) -> dict[int, int]:
+        return {int(k): v for k, v in self._ask({"op": "statuses", "model": model})["statuses"].items()}
+
     def close(self) -> None:
         if self._proc.poll() is None:
             assert self._proc.stdin is not None
@@ -184,6 +187,18 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> di
     """The per-round ratios' median and interquartile range (paired, same round)."""
     per_round = [n / d for n, d in zip(numerator, denominator, strict=True)]
     return {"median": median(per_round), "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
+
+
+def timed_block(call: Any, n: int) -> tuple[float, list[float]]:
+    """`call()` n times: the whole block's seconds, and each call's."""
+    perf = time.perf_counter
+    latencies = []
+    started = perf()
+    for _ in range(n):
+        t = perf()
+        call()
+        latencies.append(perf() - t)
+    return perf() - started, latencies
 
 
 def rotations(items: Sequence[Any], rounds: int) -> list[list[Any]]:

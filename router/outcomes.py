@@ -40,9 +40,11 @@ class Outcome(str, Enum):
     CONTENT_POLICY = "content_policy"
     MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
+    THROTTLED = "throttled"  # its rate limit has no room within max_wait: nothing sent
     UNSENT = "unsent"  # failed in our process (the provider SDK's client side) before any request left
     UNSUPPORTED = "unsupported"  # the target cannot serve this kind of request (tools on the local tier)
     CANCELLED = "cancelled"  # the caller gave up
+    CACHE_MISS = "cache_miss"  # a cache tier had no fresh answer for this request
     # why a target was passed over without a request
     CIRCUIT_OPEN = "circuit_open"
     DISABLED = "disabled"
@@ -73,11 +75,15 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
+    # Our own rate limit (limiter.py) found no room soon enough: nothing was sent.
+    Outcome.THROTTLED: Handling(retry=False, counts=False, fail_over=True),
     # No request reached the provider: the provider is not to blame and a retry would fail
     # the same way; another target (another SDK transform) may still manage.
     Outcome.UNSENT: Handling(retry=False, counts=False, fail_over=True),
     Outcome.UNSUPPORTED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
+    # Asking the cache again finds the same nothing; a miss says nothing about the cache's health.
+    Outcome.CACHE_MISS: Handling(retry=False, counts=False, fail_over=True),
     # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
     Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),
 }

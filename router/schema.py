@@ -59,6 +59,24 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimitPolicy:
+    """Client-side pacing of one target (limiter.py): `rpm` requests and `tpm` tokens per
+    minute, spread evenly (a bucket of `burst` requests refilling at rpm/60 per second);
+    a call waits at most `max_wait` seconds for room, then fails over (`throttled`).
+    With neither rpm nor tpm, only what the provider reports (its rate-limit headers,
+    its 429s) limits the target."""
+
+    rpm: float | None = field(default=None, metadata=_at_least(1))
+    tpm: float | None = field(default=None, metadata=_at_least(1))
+    burst: int = field(default=1, metadata=_at_least(1))
+    max_wait: float = field(default=1.0, metadata=_DURATION)
+
+    @property
+    def configured(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True)
 class LocalOptions:
     """The local tier (`provider: llama_cpp`): a GGUF model in process on the CPU."""
 
@@ -76,11 +94,22 @@ class LocalOptions:
 
 
 @dataclass(frozen=True)
+class CacheOptions:
+    """A cache tier (`provider: cache`): the last good answer to the same request (router/cache/)."""
+
+    backend: str = field(default="memory", metadata={"choices": ("memory", "sqlite", "redis")})
+    path: str | None = None  # sqlite only; relative to the config file (default .router-cache.sqlite)
+    ttl: float = field(default=86400.0, metadata={"min": 0.001, "max": 365 * 86400.0})  # seconds it may be served
+    max_entries: int = field(default=10000, metadata=_at_least(1))  # least recently used go first
+    max_answer_bytes: int = field(default=262144, metadata=_at_least(1))  # larger answers are not kept
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One provider + model: what is called, and how it is protected."""
 
     name: str
-    provider: str  # "litellm" (any remote provider) or "llama_cpp"
+    provider: str  # "litellm" (any remote provider), "llama_cpp" or "cache"
     model: str | None
     timeout: float
     retry: RetryPolicy
@@ -94,12 +123,14 @@ class TargetConfig:
     queue_timeout: float = 0.0  # how long a caller beyond max_concurrency waits for a slot
     first_token_timeout: float | None = None  # streams: the first content must come sooner
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
+    rate_limit: RateLimitPolicy = RateLimitPolicy()  # client-side pacing and learned provider limits
     local: LocalOptions | None = None
+    cache: CacheOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
 
     @property
     def is_remote(self) -> bool:
-        return self.provider != "llama_cpp"
+        return self.provider not in ("llama_cpp", "cache")
 
 
 @dataclass(frozen=True)
