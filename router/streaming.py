@@ -297,7 +297,8 @@ async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | N
             if astream is not None and not partial:
                 source = AsyncSource(lambda: astream(walk.request, timeout=admission.timeout, note=note))
             else:
-                source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
+                source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial),
+                                        loop=asyncio.get_running_loop())
             try:
                 prelude = await _afirst_content(walk, config, admission, source.anext)
             except BaseException as exc:
@@ -325,7 +326,7 @@ def _first_content(walk: Walk, config: TargetConfig, admission: Admission, read:
         try:
             raw = read(limit.remaining())
         except Stalled:
-            raise _first_token_failure(walk, config) from None
+            raise _first_token_failure(config, admission) from None
         if _starts_answer(raw, held):
             return held
 
@@ -337,7 +338,7 @@ async def _afirst_content(walk: Walk, config: TargetConfig, admission: Admission
         try:
             raw = await read(limit.remaining())
         except Stalled:
-            raise _first_token_failure(walk, config) from None
+            raise _first_token_failure(config, admission) from None
         if _starts_answer(raw, held):
             return held
 
@@ -346,8 +347,10 @@ def _first_token_limit(config: TargetConfig, admission: Admission) -> Deadline:
     return Deadline(min(config.first_token_timeout or admission.timeout, admission.timeout))
 
 
-def _first_token_failure(walk: Walk, config: TargetConfig) -> TargetFailure:
-    if walk.deadline.remaining() <= 0.01:
+def _first_token_failure(config: TargetConfig, admission: Admission) -> TargetFailure:
+    """No content in time: the deadline's doing when it cut the wait below the target's
+    own limits (no verdict on the provider, as for a plain call), else the target's."""
+    if admission.timeout < min(config.timeout, config.first_token_timeout or config.timeout):
         return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
     seconds = config.first_token_timeout or config.timeout
     return TargetFailure(Outcome.TRANSIENT, f"no content within {seconds:g} s of the request (first_token_timeout)")

@@ -112,17 +112,9 @@ class Walk:
         return retrying(config.retry, self.deadline, cls=cls, refused=refused, sleep=sleep, before_sleep=before_sleep)
 
     def attempt_timeout(self, config: TargetConfig) -> float:
-        """The next attempt's timeout: the target's, cut to what the deadline leaves.
-
-        A cut timeout is rounded down (whole seconds, tenths below 1 s): litellm caches one
-        HTTP client per distinct timeout, and an exact float would make a new one per call.
-        """
-        remaining = self.deadline.remaining()
-        if remaining >= config.timeout:
-            return config.timeout
-        if remaining > 1.0:
-            return float(int(remaining))
-        return int(remaining * 10) / 10 if remaining > 0.1 else remaining
+        """The next attempt's timeout: the target's, cut to exactly what the deadline leaves
+        (remote targets reuse one HTTP client whatever the timeout: targets/sdk_clients.py)."""
+        return min(config.timeout, max(self.deadline.remaining(), 0.0))
 
     def begin(self, config: TargetConfig, slot: bool) -> Admission:
         """Admit one attempt once the caller has tried for a bulkhead `slot`."""

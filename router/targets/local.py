@@ -34,6 +34,7 @@ from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
 from . import Note
+from .local_call import LocalCall, run_cancellable, worker_threads
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
 # (user, n, tools for a remote model, ...) is dropped rather than failing the fallback.
@@ -52,6 +53,8 @@ class LocalTarget:
             raise ValueError(f"target {config.name!r} is not a llama_cpp target")
         self.config = config
         self.options: LocalOptions = config.local
+        self._executor: Any = None  # acomplete's own threads, made on the first async call
+        self._executor_lock = threading.Lock()
 
     def preload(self, note: Note | None = None) -> None:
         """Load the model now instead of on the first call (the router does this at start
@@ -59,11 +62,26 @@ class LocalTarget:
         _pool_for(self.options, note or (lambda _: None))
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        with self._borrow(request, timeout, note) as (llm, pool, messages, params):
+        return self._complete(request, LocalCall(timeout), note)
+
+    async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        """`complete` in this target's own worker threads (local_call.py): the clock starts
+        now, and cancelling the caller stops the generation at the next token."""
+        call = LocalCall(timeout)
+        return await run_cancellable(self._threads(), call, lambda: self._complete(request, call, note))
+
+    def _complete(self, request: Request, call: LocalCall, note: Note) -> Response:
+        with self._borrow(request, call, note) as (llm, pool, messages, params):
             result = llm.create_chat_completion(messages=messages, **params)
         response = Response.from_openai(result)
         response.model = params["model"]
         return response
+
+    def _threads(self) -> Any:
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = worker_threads(self.options.pool_size + self.options.max_queue, self.config.name)
+            return self._executor
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[dict[str, Any]]:
         """OpenAI-style chunk dicts as the model writes them. The model stays borrowed until
@@ -72,7 +90,7 @@ class LocalTarget:
         `partial` is assistant text a target already delivered before it broke: the prompt is
         rendered with it appended, so the model writes what comes next.
         """
-        with self._borrow(request, timeout, note, partial) as (llm, pool, messages, params):
+        with self._borrow(request, LocalCall(timeout), note, partial) as (llm, pool, messages, params):
             chunks = (pool.continue_chunks(llm, messages, partial, params) if partial
                       else llm.create_chat_completion(messages=messages, stream=True, **params))
             try:
@@ -84,19 +102,19 @@ class LocalTarget:
                 chunks.close()  # before the model goes back to the pool
 
     @contextmanager
-    def _borrow(self, request: Request, timeout: float, note: Note, partial: str = "") -> Iterator[tuple]:
-        """A model for one call with the messages fitted to its context and the deadline
-        armed; llama.cpp's own errors and a spent deadline come out as `TargetFailure`."""
-        deadline = time.monotonic() + timeout  # queueing and generating share one budget
+    def _borrow(self, request: Request, call: LocalCall, note: Note, partial: str = "") -> Iterator[tuple]:
+        """A model for one call with the messages fitted to its context and the call's
+        deadline and cancellation armed; llama.cpp's own errors and a spent deadline come
+        out as `TargetFailure`. Queueing and generating share the call's one clock."""
         opts = self.options
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
-        with pool.slot(max_queue=opts.max_queue, deadline=deadline) as llm:
+        with pool.slot(max_queue=opts.max_queue, deadline=call.stop_at, call=call) as llm:
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
-            llm.stop_at, llm.timed_out = deadline, False
+            llm.call, llm.timed_out = call, False
             try:
                 yield llm, pool, fitted[:len(fitted) - len(tail)], params
             except (ValueError, TypeError, ctypes.ArgumentError) as exc:  # bad parameter values
@@ -104,9 +122,11 @@ class LocalTarget:
                     raise TargetFailure(Outcome.CONTEXT_TOO_LONG, f"local model: {exc}") from exc
                 raise TargetFailure(Outcome.REJECTED, f"local model rejected the request: {exc}") from exc
             finally:
-                llm.stop_at = None
+                llm.call = None
+            if call.cancelled:
+                raise TargetFailure(Outcome.CANCELLED, "the caller cancelled the local call")
             if llm.timed_out:
-                raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {timeout:g} s")
+                raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {call.timeout:g} s")
 
     def __repr__(self) -> str:
         return f"LocalTarget({self.config.name!r}, model_path={self.options.model_path!r})"
@@ -128,8 +148,8 @@ class _ModelPool:
         self._formatter = formatter  # the GGUF's chat template, to count prompt tokens exactly
 
     @contextmanager
-    def slot(self, *, max_queue: int, deadline: float) -> Iterator[Any]:
-        llm = self._acquire(max_queue, deadline)
+    def slot(self, *, max_queue: int, deadline: float, call: LocalCall | None = None) -> Iterator[Any]:
+        llm = self._acquire(max_queue, deadline, call)
         try:
             yield llm
         finally:
@@ -137,7 +157,7 @@ class _ModelPool:
                 self._free.append(llm)
                 self._cond.notify_all()
 
-    def _acquire(self, max_queue: int, deadline: float) -> Any:
+    def _acquire(self, max_queue: int, deadline: float, call: LocalCall | None = None) -> Any:
         with self._cond:
             if self._free and not self._waiters:
                 return self._free.pop()
@@ -145,8 +165,12 @@ class _ModelPool:
                 raise TargetFailure(Outcome.NO_CAPACITY, f"local capacity exhausted: {self._load(max_queue)}")
             ticket = object()
             self._waiters.append(ticket)
+            if call is not None:
+                call.on_cancel(self._wake)
             try:
                 while not (self._free and self._waiters[0] is ticket):
+                    if call is not None and call.cancelled:
+                        raise TargetFailure(Outcome.CANCELLED, "the caller cancelled while waiting for a local model")
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise TargetFailure(Outcome.NO_CAPACITY, "no local model became free within the timeout: "
@@ -154,8 +178,14 @@ class _ModelPool:
                     self._cond.wait(remaining)
                 return self._free.pop()
             finally:
+                if call is not None:
+                    call.on_cancel(None)
                 self._waiters.remove(ticket)
                 self._cond.notify_all()  # the next waiter may now be first in line
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Free the models not in use (at exit: a model still generating is left alone)."""
@@ -306,17 +336,18 @@ _LLAMA_CLASS: Any = None
 
 
 def _deadline_llama_class(llama_cpp: Any) -> Any:
-    """A `Llama` whose completions also stop at `stop_at` (time.monotonic seconds).
+    """A `Llama` whose completions also stop when its `call` is over (deadline or cancel).
 
     `create_chat_completion` takes no `stopping_criteria`, but every chat handler ends in
     `self.create_completion(..., stopping_criteria=...)`: adding ours there bounds the
-    generation of any chat format. `stop_at` is set per call by the one thread that has
-    borrowed the instance; `timed_out` tells that call that it was the clock that stopped it.
+    generation of any chat format, checked between two tokens. `call` is set per call by
+    the one thread that has borrowed the instance; `timed_out` tells that call that it was
+    stopped from outside, not by the model.
     """
     global _LLAMA_CLASS
     if _LLAMA_CLASS is None:
         class DeadlineLlama(llama_cpp.Llama):
-            stop_at: float | None = None
+            call: LocalCall | None = None
             timed_out = False
 
             def create_completion(self, *args: Any, stopping_criteria: Any = None, **kwargs: Any) -> Any:
@@ -324,7 +355,7 @@ def _deadline_llama_class(llama_cpp: Any) -> Any:
                 return super().create_completion(*args, stopping_criteria=criteria, **kwargs)
 
             def _past_deadline(self, _tokens: Any, _logits: Any) -> bool:
-                if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                if self.call is not None and self.call.over():
                     self.timed_out = True
                 return self.timed_out
 

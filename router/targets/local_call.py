@@ -1,0 +1,75 @@
+"""One local call's clock and cancellation, and running it from asyncio.
+
+llama.cpp generates in a blocking C loop, so an `acomplete` to the local tier runs in a
+worker thread. Two things then need care, both measured on this project's 2 cores:
+
+- asyncio's default thread pool has min(32, cores + 4) = 6 threads: 16 concurrent calls
+  with a 3 s deadline waited there before their own clock started, and ran up to 5.7 s.
+  Each `LocalTarget` gets its own executor, sized for every caller its pool may hold
+  (`pool_size + max_queue`), and a call's clock (`LocalCall.stop_at`) starts before it
+  is queued: the deadline covers every wait.
+- cancelling the awaiting task does not stop a thread: the model kept generating for
+  seconds while the bulkhead already showed the slot free. `LocalCall.cancel()` is read
+  by the model between two tokens (and by a caller waiting for a model), and the
+  cancelled task waits for its thread to hand the model back (one token, ~10 ms) before
+  it re-raises, so the next caller finds the model free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class LocalCall:
+    """Why one local call must stop: its deadline (time.monotonic seconds) passed, or its
+    caller cancelled. Read between tokens by the model and by pool waiters."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.stop_at = time.monotonic() + timeout
+        self._cancelled = threading.Event()
+        self._wake: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def over(self) -> bool:
+        return self._cancelled.is_set() or time.monotonic() >= self.stop_at
+
+    def on_cancel(self, wake: Callable[[], None] | None) -> None:
+        """`wake()` is called on cancellation (a pool waking its waiters), until replaced."""
+        self._wake = wake
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        wake = self._wake
+        if wake is not None:
+            wake()
+
+
+def worker_threads(workers: int, name: str) -> ThreadPoolExecutor:
+    """A target's own executor: threads are started on demand, so a large bound costs nothing idle."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"router-{name}")
+
+
+async def run_cancellable(executor: ThreadPoolExecutor, call: LocalCall, work: Callable[[], T]) -> T:
+    """`work()` in `executor`; when the awaiting task is cancelled, tell `call` and wait for
+    the thread to stop (a second cancellation stops the waiting, not the signal)."""
+    future = asyncio.get_running_loop().run_in_executor(executor, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        call.cancel()
+        if not future.done():
+            await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved: the thread's own error is moot once cancelled
+        raise
