@@ -140,7 +140,7 @@ class _Worker:
         self.refused: Counter[str] = Counter()
         lock = threading.Lock()
         local = self.local
-        circuit = router._circuits["primary"]
+        circuit = router._guards["primary"].circuit
         storage = circuit._storage
         real_admit, real_record_failure = circuit.admit, storage.record_failure
 
@@ -413,7 +413,7 @@ class _Counting:
 def state_work_us(router: Any, calls: int = 1000) -> float:
     """Microseconds per call of what a happy call asks of the primary's circuit and budget
     (admit, succeeded, budget.succeeded), without the HTTP call: best of 3 batches."""
-    circuit, budget = router._circuits["primary"], router._budgets["primary"]
+    circuit, budget = router._guards["primary"].circuit, router._guards["primary"].budget
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()
@@ -484,7 +484,7 @@ def happy_path(report: Report, server: Any, redis_url: str, *, quick: bool) -> d
     state = routers["redis"]._state
     names = {state._scripts.step.sha: "step", state._scripts.acquire.sha: "acquire",
              state._scripts.release.sha: "release"}
-    for budget in routers["redis"]._budgets.values():
+    for budget in (guard.budget for guard in routers["redis"]._guards.values()):
         add = getattr(getattr(budget, "_shared", None), "_add", None)
         if add is not None:
             names[add.sha] = "budget_add"

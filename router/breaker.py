@@ -119,7 +119,7 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
         self._lock = threading.RLock()
         self._epoch = 0
         self._breaker = pybreaker.CircuitBreaker(state_storage=self, throw_new_error_on_trip=False,
-                                                 listeners=[_EpochCounter(self)])
+                                                 listeners=[_EpochCounter(self._new_epoch)])
 
     def view(self, policy: BreakerPolicy) -> View:
         with self._lock:
@@ -162,6 +162,9 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
             self._breaker.close()
             return self._view(policy)
 
+    def _new_epoch(self) -> None:
+        self._epoch += 1  # called by pybreaker inside one of our locked steps
+
     def _apply(self, policy: BreakerPolicy) -> None:
         self._breaker.fail_max = policy.fail_max
         self._breaker.success_threshold = policy.success_threshold
@@ -176,11 +179,11 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
 
 
 class _EpochCounter(pybreaker.CircuitBreakerListener):
-    def __init__(self, storage: MemoryCircuitStorage) -> None:
-        self._storage = storage
+    def __init__(self, new_epoch: Callable[[], None]) -> None:
+        self._new_epoch = new_epoch
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self._storage._epoch += 1  # called by pybreaker inside one of our locked steps
+        self._new_epoch()
 
 
 class ProbeSlots:

@@ -15,9 +15,22 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from .schema import RetryBudgetPolicy
+
+
+class Budget(Protocol):
+    """What the guard (guard.py) asks of a retry budget, wherever its bucket lives."""
+
+    @property
+    def tokens(self) -> float: ...
+
+    def failed(self) -> None: ...
+
+    def succeeded(self) -> None: ...
+
+    def allow_retry(self) -> bool: ...
 
 
 class RetryBudget:

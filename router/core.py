@@ -1,5 +1,7 @@
-"""The `Router`: built from a config, it owns one target object and one circuit per
-configured target, and hands each call to the chain walk (walk.py)."""
+"""The `Router`: built from a config, it owns one target object (targets/) and one `Guard`
+(guard.py: circuit, retry budget, bulkhead, misconfigured flag) per configured target,
+and hands each call to the chain walk (walk.py) or the stream opener (streaming.py) with
+a `Crew` of those: the walk never sees the Router."""
 
 from __future__ import annotations
 
@@ -12,21 +14,19 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from .breaker import Circuit
-from .bulkhead import Bulkhead
 from .config import config_from_dict, load_config
-from .schema import ChainConfig, RouterConfig, TargetConfig
+from .deadline import Deadline
 from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
-from .outcomes import Failure
+from .guard import Guard, build_guard
 from .redact import Redactor
 from .request import build_request
 from .response import Response
-from .retry import Deadline
+from .schema import ChainConfig, RouterConfig
 from .state import build_state
-from .targets import Target, build_target
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
-from .walk import Walk, walk_async, walk_sync
+from .targets import Target, build_target
+from .walk import Crew, Walk, walk_async, walk_sync
 
 log = logging.getLogger("router")
 
@@ -45,22 +45,15 @@ class Router:
         self._sleep = sleep
         self._async_sleep = async_sleep
         self._events = Events([*_configured_listeners(config), *listeners])
-        self._targets: dict[str, Target] = {}
         self._state = build_state(config.state, source=config.source)
-        self._circuits = {name: Circuit(name, target.breaker, storage=self._state.circuit_storage(name),
-                                        probes=self._state.probes(name), on_change=self._circuit_changed)
-                          for name, target in config.targets.items()}
-        self._budgets = {name: self._state.budget(name, target.retry.budget) for name, target in config.targets.items()}
-        self._bulkheads = {name: Bulkhead(target.max_concurrency, target.queue_timeout)
-                           for name, target in config.targets.items()}
-        for name, target in config.targets.items():
-            if not target.disabled:
-                self._targets[name] = build_target(target)
+        self._guards = {name: build_guard(target, self._state, self._circuit_changed)
+                        for name, target in config.targets.items()}
+        self._targets: dict[str, Target] = {name: build_target(target) for name, target in config.targets.items()
+                                            if not target.disabled}
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
-        self._misconfigured: dict[str, str] = {}
-        for name, target in config.targets.items():
-            if target.local is not None and target.local.preload and name in self._targets:
-                self._targets[name].preload()  # type: ignore[attr-defined]
+        for name, target in self._targets.items():
+            if target.config.local is not None and target.config.local.preload:
+                target.preload()
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
@@ -112,35 +105,34 @@ class Router:
     def _walk(self, messages: Any, chain: str, deadline: float | None, stream: Any,
               params: dict[str, Any]) -> Walk:
         request = build_request(messages, {**params, "stream": stream})
-        return Walk(self, self._chain(chain), request, self._deadline(deadline))
+        crew = Crew(self._targets, self._guards, self._events, self._redact, self._sleep, self._async_sleep,
+                    self.config.offline, self.config.deadline)
+        return Walk(self._chain(chain), request, self._deadline(deadline), crew)
 
     # -- operators -------------------------------------------------------------------------
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Circuit state of every target, and why a target is out of rotation."""
         report = {}
-        for name, target in self.config.targets.items():
-            info = self._circuits[name].status()
-            tokens = getattr(self._budgets[name], "tokens", None)
-            if tokens is not None:
-                info["retry_budget"] = round(tokens, 2)
+        for name, guard in self._guards.items():
+            info = guard.status()
+            target = guard.config
             if target.disabled:
                 info["disabled"] = target.disabled
             elif self.config.offline and target.is_remote:
                 info["disabled"] = "offline mode"
-            if name in self._misconfigured:
-                info["misconfigured"] = self._misconfigured[name]
+            if guard.misconfigured is not None:
+                info["misconfigured"] = guard.misconfigured
             report[name] = info
         return report
 
     def force_open(self, target: str) -> None:
         """Take a target out of rotation until its reset timeout passes (or force_close)."""
-        self._circuit(target).force_open()
+        self._guard(target).force_open()
 
     def force_close(self, target: str) -> None:
         """Put a target back into rotation now, forgetting its failures."""
-        self._circuit(target).force_close()
-        self._misconfigured.pop(target, None)
+        self._guard(target).force_close()
 
     reset = force_close
 
@@ -165,12 +157,12 @@ class Router:
             raise InvalidRequest(f"unknown chain {name!r}; configured chains: "
                                  f"{', '.join(self.config.chains)}") from None
 
-    def _circuit(self, target: str) -> Circuit:
+    def _guard(self, target: str) -> Guard:
         try:
-            return self._circuits[target]
+            return self._guards[target]
         except KeyError:
             raise KeyError(f"unknown target {target!r}; configured targets: "
-                           f"{', '.join(self._circuits)}") from None
+                           f"{', '.join(self._guards)}") from None
 
     def _deadline(self, seconds: float | None) -> Deadline:
         if seconds is None:
@@ -178,13 +170,6 @@ class Router:
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
             raise InvalidRequest(f"deadline must be a number of seconds > 0, got {seconds!r}")
         return Deadline(seconds)
-
-    def _flag_misconfigured(self, target: TargetConfig, failure: Failure, detail: str) -> None:
-        if self._misconfigured.get(target.name) != detail:
-            log.error("router: target %r looks misconfigured (%s%s): %s; check its api_key, model "
-                      "and api_base", target.name, type(failure.error).__name__,
-                      f" {failure.status}" if failure.status else "", detail)
-        self._misconfigured[target.name] = detail
 
     def __repr__(self) -> str:
         return f"Router(source={self.config.source!r}, chains={list(self.config.chains)})"

@@ -1,8 +1,12 @@
 """Classify whatever a target raised into one row of the outcome table.
 
-This is the one place that decides what a 429, a reset or a 401 means. The rest of the
-router only asks the `Handling` of an `Outcome`: retry the same target? count it
-against the circuit? move on to the next target?
+This is the one place that decides what a 429, a reset or a 401 means and what is done
+about it: `HANDLING` is the outcome table, and `handle()` beside it reads a row together
+with the target's retry policy and the chain's settings (retry a timeout only with
+`retry_on_timeout`; a 429 only when its Retry-After is at most `max_retry_after`, and a
+longer one keeps the circuit open that long; content policy fails over only when the
+chain says so). The walk (walk.py) and the guard (guard.py) act on the `Handling` it
+returns and decide nothing themselves.
 
 Classification reads the exception chain (`__cause__`/`__context__`) and status codes by
 class *name*, so it works for litellm, the OpenAI SDK and httpx without importing any of
@@ -20,6 +24,7 @@ from enum import Enum
 from typing import Any
 
 from .ratelimit import retry_after_seconds
+from .schema import ChainConfig, RetryPolicy
 
 
 class Outcome(str, Enum):
@@ -45,9 +50,10 @@ class Outcome(str, Enum):
 
 @dataclass(frozen=True)
 class Handling:
-    retry: bool  # may the same target be tried again (subject to the retry policy)
-    counts: bool  # counts as a failure against the target's circuit
+    retry: bool  # may the same target be tried again (attempts, deadline, circuit, budget permitting)
+    counts: bool  # counts as a failure against the target's circuit (and its retry budget)
     fail_over: bool  # may the next target of the chain be tried
+    open_for: float | None = None  # keep the target's circuit open this many seconds
 
 
 HANDLING: Mapping[Outcome, Handling] = {
@@ -55,7 +61,7 @@ HANDLING: Mapping[Outcome, Handling] = {
     # A silent provider rarely answers a second time sooner: next target at once,
     # unless the target sets retry_on_timeout.
     Outcome.SILENT: Handling(retry=False, counts=True, fail_over=True),
-    # Retried only when Retry-After is short enough and fits the deadline (retry.py).
+    # Retried only when Retry-After is short enough (handle()) and fits the deadline (retry.py).
     Outcome.RATE_LIMITED: Handling(retry=True, counts=True, fail_over=True),
     Outcome.UNREACHABLE: Handling(retry=False, counts=True, fail_over=True),
     Outcome.REJECTED: Handling(retry=False, counts=False, fail_over=True),
@@ -82,7 +88,26 @@ class Failure:
 
     @property
     def handling(self) -> Handling:
+        """The table's row, before the per-target conditions of `handle()`."""
         return HANDLING[self.outcome]
+
+
+def handle(failure: Failure, retry: RetryPolicy, chain: ChainConfig | None = None) -> Handling:
+    """What to do about `failure` on a target with `retry` policy in `chain`: the table's
+    row with its conditions applied. The only place those conditions live."""
+    row = HANDLING[failure.outcome]
+    outcome = failure.outcome
+    if outcome is Outcome.SILENT:
+        return Handling(retry.retry_on_timeout, row.counts, row.fail_over)
+    if outcome is Outcome.RATE_LIMITED:
+        after = failure.retry_after
+        if after is not None and after > retry.max_retry_after:
+            # out of rotation, for every caller sharing the circuit, until the provider said
+            return Handling(False, row.counts, row.fail_over, open_for=after)
+        return Handling(after is not None, row.counts, row.fail_over)
+    if outcome is Outcome.CONTENT_POLICY and chain is not None and chain.on_content_policy == "fail_over":
+        return Handling(row.retry, row.counts, True)
+    return row
 
 
 class TargetFailure(Exception):
@@ -109,8 +134,19 @@ _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "contex
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
 
 
-def classify(exc: BaseException) -> Failure:
-    """Map any exception raised by a target call to a `Failure`."""
+def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
+    """Map any exception raised by a target call to a `Failure`.
+
+    `timeout_cut`: the call's deadline had cut the attempt's timeout short, so a timeout
+    is the deadline's doing (DEADLINE), no verdict on the target's silence.
+    """
+    failure = _classify(exc)
+    if timeout_cut and failure.outcome is Outcome.SILENT:
+        return Failure(Outcome.DEADLINE, exc, failure.status, failure.retry_after, failure.message)
+    return failure
+
+
+def _classify(exc: BaseException) -> Failure:
     if isinstance(exc, _CANCELLATION):
         return Failure(Outcome.CANCELLED, exc, message=_plain_message(exc))
     if isinstance(exc, TargetFailure):

@@ -1,71 +1,43 @@
-"""How one target is retried, as tenacity strategies.
+"""How long to wait before retrying one target, and when to stop: tenacity's strategies.
+
+Whether an outcome may be retried at all is the outcome table's call (outcomes.handle);
+this module only answers "how long to wait, and is there still a point" for a failure
+the table allows to retry:
 
 - wait: full jitter (tenacity's `wait_random_exponential`, capped at `max_wait`), except
   after a 429 that says how long to wait: then that, plus a little jitter;
-- retry: only outcomes the table allows, a timeout only with `retry_on_timeout`, a 429
-  only when its Retry-After is at most `max_retry_after`;
-- stop: after `attempts`, as soon as the next wait would not leave time for an
-  attempt before the call's deadline, or once the target's circuit has opened. tenacity computes the wait before asking stop,
-  so there is never a sleep after the last attempt, nor one that overruns the deadline.
+- stop: after `attempts`, as soon as the next wait would not leave time for an attempt
+  before the call's deadline, or when the target refuses retries (its circuit has
+  opened, its retry budget is spent). The wait is computed before asking stop, as
+  tenacity's own loop does, so there is never a sleep after the last attempt, nor one
+  that overruns the deadline.
+
+The strategies run over a `tenacity.RetryCallState` that the walk (walk.py) drives
+itself instead of tenacity's `Retrying` loop: the walk's decisions stay free of I/O and
+sleep, and a first attempt that succeeds never builds any of this.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable
-from typing import Any
 
 import tenacity
 
+from .deadline import Deadline
+from .outcomes import Failure
 from .schema import RetryPolicy
-from .outcomes import Failure, Outcome
 
 # An attempt that would have less than this left before the deadline is not started.
 MIN_ATTEMPT_S = 0.05
 
 
-class Deadline:
-    """One time budget for a whole call: every wait and every attempt's timeout fit in it."""
+class RetryState(tenacity.RetryCallState):
+    """tenacity's per-loop state, with the failure the strategies judge."""
 
-    __slots__ = ("end",)
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return self.end - time.monotonic()
-
-
-class AttemptFailed(Exception):
-    """Carries a classified failure out of one attempt, through tenacity, to the chain walk."""
-
-    def __init__(self, failure: Failure) -> None:
-        self.failure = failure
-        super().__init__(failure.message)
-
-
-def worth_retrying(failure: Failure, policy: RetryPolicy) -> bool:
-    if failure.outcome is Outcome.SILENT:
-        return policy.retry_on_timeout
-    if failure.outcome is Outcome.RATE_LIMITED:
-        return failure.retry_after is not None and failure.retry_after <= policy.max_retry_after
-    return failure.handling.retry
-
-
-def _failure(retry_state: tenacity.RetryCallState) -> Failure | None:
-    outcome = retry_state.outcome
-    exc = outcome.exception() if outcome is not None and outcome.failed else None
-    return exc.failure if isinstance(exc, AttemptFailed) else None
-
-
-class retry_if_worth_it(tenacity.retry_base):
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        failure = _failure(retry_state)
-        return failure is not None and worth_retrying(failure, self.policy)
+    def __init__(self) -> None:
+        super().__init__(None, None, (), {})
+        self.failure: Failure | None = None
 
 
 class wait_retry_after(tenacity.wait.wait_base):
@@ -77,7 +49,7 @@ class wait_retry_after(tenacity.wait.wait_base):
         self.jitter = jitter
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        failure = _failure(retry_state)
+        failure = retry_state.failure if isinstance(retry_state, RetryState) else None
         if failure is not None and failure.retry_after is not None:
             return failure.retry_after * (1 + random.uniform(0, self.jitter))
         return self.fallback(retry_state)
@@ -102,16 +74,20 @@ class stop_when(tenacity.stop.stop_base):
         return self.condition()
 
 
-def retrying(policy: RetryPolicy, deadline: Deadline, *, refused: Callable[[], bool], sleep: Callable[[float], Any],
-             before_sleep: Callable[[tenacity.RetryCallState], Any],
-             cls: type[tenacity.BaseRetrying] = tenacity.Retrying) -> Any:
-    """A tenacity loop (`Retrying`, or `AsyncRetrying` with an async `sleep`) for one target
-    within one call."""
-    return cls(
-        retry=retry_if_worth_it(policy),
-        wait=wait_retry_after(tenacity.wait_random_exponential(multiplier=policy.min_wait, max=policy.max_wait)),
-        stop=tenacity.stop_after_attempt(policy.attempts) | stop_before_deadline(deadline) | stop_when(refused),
-        sleep=sleep,
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+class Retries:
+    """The retry decisions for one target within one call."""
+
+    def __init__(self, policy: RetryPolicy, deadline: Deadline, refused: Callable[[], bool]) -> None:
+        self.state = RetryState()
+        self.wait = wait_retry_after(tenacity.wait_random_exponential(multiplier=policy.min_wait,
+                                                                      max=policy.max_wait))
+        # evaluated in order, lazily: `refused` (a circuit read, maybe an event) only when needed
+        self.stop = tenacity.stop_after_attempt(policy.attempts) | stop_before_deadline(deadline) | stop_when(refused)
+
+    def next_wait(self, failure: Failure, attempts: int) -> float | None:
+        """Seconds to wait before the next attempt after `attempts` have been made and the
+        last ended in `failure` (which the table allows to retry); None: stop."""
+        state = self.state
+        state.attempt_number, state.failure = attempts, failure
+        state.upcoming_sleep = self.wait(state)
+        return None if self.stop(state) else state.upcoming_sleep

@@ -9,6 +9,13 @@ finish_reason, a (transient) failure when it broke, nothing when the caller clos
 
 Timing is exact for both APIs (`first_token_timeout`, `stream_idle_timeout`): see
 stream_sources.py.
+
+As in walk.py, the decisions are a core without I/O and the sync and async sides are thin
+shells that mirror each other: `_StreamCore` delivers chunks, judges ends and breaks, and
+asks the walk for the targets that may continue; `Stream.__next__` and
+`AsyncStream.__anext__` only read and close sources. Opening a stream is the walk's one
+chain loop (`chain_sync` / `chain_async`) with "first content" as the attempt, and
+`_Prelude` (the chunks held back until then) its core.
 """
 
 from __future__ import annotations
@@ -16,27 +23,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .breaker import CircuitOpen
-from .schema import TargetConfig
+from .deadline import Deadline
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
 from .response import Chunk, ChunkChoice, Delta, Route
-from .retry import AttemptFailed, Deadline
+from .schema import TargetConfig
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
-from .walk import Admission, Walk, with_retries, with_retries_async
+from .walk import Admission, Member, Walk, Won, chain_async, chain_sync
 
 @dataclass
 class _Opened:
     """A target's stream that has produced its first content."""
 
-    config: TargetConfig
+    member: Member
     admission: Admission
     source: Any
     prelude: deque[Chunk]
+
+    @property
+    def config(self) -> TargetConfig:
+        return self.member.config
 
 
 class _StreamCore:
@@ -94,26 +104,40 @@ class _StreamCore:
         self.finish_reason = chunk.finish_reason or self.finish_reason
         return chunk
 
+    def received(self, raw: Any) -> Chunk | None:
+        """One read from the source: the chunk to hand the caller, or None (the stream
+        ended, or the chunk is not for the caller)."""
+        if raw is END:
+            self.ended()
+            return None
+        return self.deliver(Chunk.from_openai(raw))
+
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
             raise TargetFailure(Outcome.TRANSIENT, "the stream ended without a finish_reason (truncated)")
         assert self.opened is not None
-        self.walk.succeeded(self.opened.config, self.opened.admission)
+        self.walk.succeeded(self.opened.member, self.opened.admission)
         self.walk.finish("ok")
         self.opened = None
 
-    def broke(self, exc: BaseException) -> list[TargetConfig]:
+    def broke(self, exc: BaseException) -> list[Member]:
         """Record the break against the target; the targets that may continue the stream."""
         assert self.opened is not None
         broken = self.opened.config
         if isinstance(exc, Stalled):
             exc = TargetFailure(Outcome.TRANSIENT, f"the stream stalled: no chunk for {self.idle_timeout:g} s")
-        self.walk.failed(broken, self.opened.admission, exc)
+        self.walk.failed(self.opened.member, self.opened.admission, exc)
         if self.walk.chain.mid_stream != "continue":
             return []
-        self.walk.deadline = Deadline(self.walk.router.config.deadline)  # reaching new content gets a budget
-        return list(self.walk.targets(after=broken.name, can_continue=True))
+        self.walk.renew_deadline()
+        return list(self.walk.members(after=broken.name, can_continue=True))
+
+    def replace(self, exc: BaseException, broken: TargetConfig, replacement: _Opened | None) -> None:
+        """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
+        if replacement is None:
+            raise self.interrupted(exc, broken) from exc
+        self.switch(replacement)
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
         self.walk.finish("failed")
@@ -125,14 +149,14 @@ class _StreamCore:
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
         if self.opened is not None:
-            self.walk.released(self.opened.config, self.opened.admission, f"closed by the caller after "
+            self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
             self.opened = None
             self.walk.finish("cancelled")
 
 
-class Stream:
-    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
+class _StreamShell:
+    """What both shells show of their core."""
 
     def __init__(self, core: _StreamCore) -> None:
         self._core = core
@@ -144,6 +168,10 @@ class Stream:
     @property
     def text(self) -> str:
         return self._core.text
+
+
+class Stream(_StreamShell):
+    """`complete(stream=True)`: iterate for `Chunk`s; `route` and `text` as it goes."""
 
     def __iter__(self) -> Stream:
         return self
@@ -158,22 +186,16 @@ class Stream:
             if opened is None:
                 raise StopIteration
             try:
-                raw = opened.source.next(core.idle_timeout)
-                if raw is END:
-                    core.ended()
-                    continue
-                chunk = core.deliver(Chunk.from_openai(raw))
-                if chunk is not None:
-                    return chunk
+                chunk = core.received(opened.source.next(core.idle_timeout))
             except (KeyboardInterrupt, SystemExit):
                 self.close()
                 raise
             except Exception as exc:
                 opened.source.close()
-                replacement = open_sync(core.walk, core.broke(exc), partial=core.text)
-                if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
-                core.switch(replacement)
+                core.replace(exc, opened.config, open_sync(core.walk, core.broke(exc), partial=core.text))
+                continue
+            if chunk is not None:
+                return chunk
 
     def close(self) -> None:
         opened = self._core.opened
@@ -192,19 +214,8 @@ class Stream:
             self.close()
 
 
-class AsyncStream:
+class AsyncStream(_StreamShell):
     """`await acomplete(stream=True)`: `async for` the `Chunk`s; `route` and `text` as it goes."""
-
-    def __init__(self, core: _StreamCore) -> None:
-        self._core = core
-
-    @property
-    def route(self) -> Route:
-        return self._core.route
-
-    @property
-    def text(self) -> str:
-        return self._core.text
 
     def __aiter__(self) -> AsyncStream:
         return self
@@ -219,22 +230,16 @@ class AsyncStream:
             if opened is None:
                 raise StopAsyncIteration
             try:
-                raw = await opened.source.anext(core.idle_timeout)
-                if raw is END:
-                    core.ended()
-                    continue
-                chunk = core.deliver(Chunk.from_openai(raw))
-                if chunk is not None:
-                    return chunk
+                chunk = core.received(await opened.source.anext(core.idle_timeout))
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 await self.aclose()
                 raise
             except Exception as exc:
                 await opened.source.aclose()
-                replacement = await open_async(core.walk, core.broke(exc), partial=core.text)
-                if replacement is None:
-                    raise core.interrupted(exc, opened.config) from exc
-                core.switch(replacement)
+                core.replace(exc, opened.config, await open_async(core.walk, core.broke(exc), partial=core.text))
+                continue
+            if chunk is not None:
+                return chunk
 
     async def aclose(self) -> None:
         opened = self._core.opened
@@ -249,120 +254,111 @@ class AsyncStream:
         await self.aclose()
 
 
-# -- opening: the chain walk, with "first content" as an attempt's success ----------------
+# -- opening: the walk's chain loop, with "first content" as an attempt's success ---------
 
 def stream_sync(walk: Walk) -> Stream:
-    opened = open_sync(walk, walk.targets())
+    opened = open_sync(walk, walk.members())
     return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
 
 
 async def stream_async(walk: Walk) -> AsyncStream:
-    opened = await open_async(walk, walk.targets())
+    opened = await open_async(walk, walk.members())
     return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
 
 
-def open_sync(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
-    for config in configs:
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
-
-        def attempt() -> _Opened:
-            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
-            source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial))
-            try:
-                prelude = _first_content(walk, config, admission, source.next)
-            except BaseException as exc:
-                source.close()
-                raise walk.failed(config, admission, exc) from exc
-            return _Opened(config, admission, source, prelude)
-
+def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
+    def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
-            return with_retries(walk, config, attempt)
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-    return None
+            return source, _first_content_sync(_Prelude(walk, member, admission), source.next)
+        except BaseException:
+            source.close()
+            raise
+
+    return _opened(chain_sync(walk, members, attempt))
 
 
-async def open_async(walk: Walk, configs: Any, partial: str = "") -> _Opened | None:
-    for config in configs:
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
-
-        async def attempt() -> _Opened:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
-            astream = getattr(target, "astream", None)
-            source: Any
-            if astream is not None and not partial:
-                source = AsyncSource(lambda: astream(walk.request, timeout=admission.timeout, note=note))
-            else:
-                source = ThreadedSource(lambda: _chunks(target, walk, admission, note, partial),
-                                        loop=asyncio.get_running_loop())
-            try:
-                prelude = await _afirst_content(walk, config, admission, source.anext)
-            except BaseException as exc:
-                await source.aclose()
-                raise walk.failed(config, admission, exc) from exc
-            return _Opened(config, admission, source, prelude)
-
+async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
+    async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        source = _async_source(walk, member, admission, partial)
         try:
-            return await with_retries_async(walk, config, attempt)
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-    return None
+            return source, await _first_content_async(_Prelude(walk, member, admission), source.anext)
+        except BaseException:
+            await source.aclose()
+            raise
+
+    return _opened(await chain_async(walk, members, attempt))
 
 
-def _chunks(target: Any, walk: Walk, admission: Admission, note: Any, partial: str) -> Iterator[Any]:
+def _first_content_sync(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
+    try:
+        while not prelude.hold(read(prelude.timeout())):
+            pass
+    except Stalled:
+        raise prelude.stalled() from None
+    return prelude.chunks
+
+
+async def _first_content_async(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
+    try:
+        while not prelude.hold(await read(prelude.timeout())):
+            pass
+    except Stalled:
+        raise prelude.stalled() from None
+    return prelude.chunks
+
+
+class _Prelude:
+    """The chunks of a stream being opened, held back until the first content (so that a
+    failover stays invisible), within `first_token_timeout`."""
+
+    def __init__(self, walk: Walk, member: Member, admission: Admission) -> None:
+        self.walk = walk
+        self.config = member.config
+        self.chunks: deque[Chunk] = deque()
+        self.limit = Deadline(min(self.config.first_token_timeout or admission.timeout, admission.timeout))
+        # the deadline cut the wait below the target's own limits: no verdict on the provider
+        own = min(self.config.timeout, self.config.first_token_timeout or self.config.timeout)
+        self.cut_by_deadline = admission.timeout < own
+
+    def timeout(self) -> float:
+        return self.limit.remaining()
+
+    def hold(self, raw: Any) -> bool:
+        """Hold `raw`; True once the held chunks carry content (or a finish)."""
+        if raw is END:
+            raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
+        chunk = Chunk.from_openai(raw)
+        self.chunks.append(chunk)
+        return _carries_answer(chunk)
+
+    def stalled(self) -> TargetFailure:
+        """No content in time: the deadline's doing (outcome `deadline`, counting nothing, as
+        for a plain call) when it cut the wait below the target's own limits."""
+        if self.cut_by_deadline:
+            return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
+        seconds = self.config.first_token_timeout or self.config.timeout
+        return TargetFailure(Outcome.TRANSIENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
+
+
+def _opened(won: Won[tuple[Any, deque[Chunk]]] | None) -> _Opened | None:
+    return None if won is None else _Opened(won.member, won.admission, *won.value)
+
+
+def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> Iterator[Any]:
+    note = walk.note(member.config)
     if partial:
-        return target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
-    return target.stream(walk.request, timeout=admission.timeout, note=note)
+        return member.target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
+    return member.target.stream(walk.request, timeout=admission.timeout, note=note)
 
 
-def _first_content(walk: Walk, config: TargetConfig, admission: Admission, read: Callable[[float], Any]) -> deque[Chunk]:
-    held: deque[Chunk] = deque()
-    limit = _first_token_limit(config, admission)
-    while True:
-        try:
-            raw = read(limit.remaining())
-        except Stalled:
-            raise _first_token_failure(config, admission) from None
-        if _starts_answer(raw, held):
-            return held
-
-
-async def _afirst_content(walk: Walk, config: TargetConfig, admission: Admission, read: Any) -> deque[Chunk]:
-    held: deque[Chunk] = deque()
-    limit = _first_token_limit(config, admission)
-    while True:
-        try:
-            raw = await read(limit.remaining())
-        except Stalled:
-            raise _first_token_failure(config, admission) from None
-        if _starts_answer(raw, held):
-            return held
-
-
-def _first_token_limit(config: TargetConfig, admission: Admission) -> Deadline:
-    return Deadline(min(config.first_token_timeout or admission.timeout, admission.timeout))
-
-
-def _first_token_failure(config: TargetConfig, admission: Admission) -> TargetFailure:
-    """No content in time: the deadline's doing when it cut the wait below the target's
-    own limits (no verdict on the provider, as for a plain call), else the target's."""
-    if admission.timeout < min(config.timeout, config.first_token_timeout or config.timeout):
-        return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
-    seconds = config.first_token_timeout or config.timeout
-    return TargetFailure(Outcome.TRANSIENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
-
-
-def _starts_answer(raw: Any, held: deque[Chunk]) -> bool:
-    """Hold `raw`; True once the held chunks carry content (or a finish)."""
-    if raw is END:
-        raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
-    chunk = Chunk.from_openai(raw)
-    held.append(chunk)
-    return _carries_answer(chunk)
+def _async_source(walk: Walk, member: Member, admission: Admission, partial: str) -> Any:
+    """litellm's own async stream when the target has one (and nothing to continue); else
+    the sync stream read in a thread."""
+    if member.target.streams_async and not partial:
+        note = walk.note(member.config)
+        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note))
+    return ThreadedSource(lambda: _chunks(walk, member, admission, partial), loop=asyncio.get_running_loop())
 
 
 def _carries_answer(chunk: Chunk) -> bool:
@@ -376,4 +372,3 @@ def _static_core(walk: Walk) -> _StreamCore:
     chunk = Chunk(id="static", model="static",
                   choices=[ChunkChoice(0, Delta(role="assistant", content=text), finish_reason="stop")])
     return _StreamCore(walk, None, static=chunk)
-

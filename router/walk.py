@@ -1,42 +1,70 @@
 """The chain walk: skip, attempt, retry, fail over, and record the route.
 
 For each target of the chain, in order: pass it over when it is disabled, offline, known
-too small, out of time or its circuit is open; otherwise attempt it under its retry
-policy (retry.py), each attempt admitted by its bulkhead and its circuit (breaker.py)
-and classified (outcomes.py). The first answer wins; when none comes, the chain's static
-reply or `AllTargetsFailed`.
+too small, out of time or its circuit is open; otherwise attempt it through its `Guard`
+(guard.py: bulkhead slot, circuit admission), classify what went wrong (outcomes.py),
+and let the outcome table say whether to retry it (after a wait from retry.py), count it,
+or fail over. The first answer wins; when none comes, the chain's static reply or
+`AllTargetsFailed`.
 
-`Walk` holds one call's state and every decision; `walk_sync` and `walk_async` are the
-two loops around it, identical but for `await`.
+Two layers, as tenacity's `BaseRetrying.iter()` and its thin `Retrying`/`AsyncRetrying`:
+- the core (`Walk`, and `Tries` for one target) makes every decision and records every
+  outcome; it does no I/O and never sleeps, so tests drive it without a network
+  (tests/test_walk_core.py);
+- `chain_sync` and `chain_async` are the only loops, mirror images that differ in
+  `await` alone: they take a bulkhead slot, run an attempt, and sleep when the core says.
+  A plain call and the opening of a stream (streaming.py) are both these loops with a
+  different `attempt`. A first attempt that succeeds builds none of the retry machinery.
+
+The walk knows nothing of the Router: it gets a `Crew` (targets, guards, events, redactor,
+sleep functions) for each call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import tenacity
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .breaker import CircuitOpen, Ticket
-from .schema import ChainConfig, TargetConfig
+from .deadline import Deadline
 from .errors import AllTargetsFailed, ContentRejected
-from .outcomes import Outcome, TargetFailure, classify
+from .events import Events
+from .guard import Guard
+from .outcomes import Failure, Handling, Outcome, TargetFailure, classify, handle
 from .request import Request
 from .response import Attempt, Choice, Message, Response, Route, Usage
-from .retry import AttemptFailed, Deadline, retrying
-
-if TYPE_CHECKING:
-    from .core import Router
+from .retry import Retries
+from .schema import ChainConfig, TargetConfig
+from .targets import Note, Target
 
 _DETAIL_LIMIT = 500
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Admission:
+class Crew(NamedTuple):
+    """What a walk works with, handed over by the Router for each call."""
+
+    targets: Mapping[str, Target]  # enabled targets only
+    guards: Mapping[str, Guard]  # every configured target
+    events: Events
+    redact: Callable[[str], str]
+    sleep: Callable[[float], Any]
+    async_sleep: Callable[[float], Awaitable[Any]]
+    offline: bool  # remote targets are skipped
+    deadline_s: float  # the configured call deadline (a broken stream's continuation gets a new one)
+
+
+class Member(NamedTuple):
+    """One target of the chain, as the walk sees it."""
+
+    config: TargetConfig
+    target: Target
+    guard: Guard
+
+
+class Admission(NamedTuple):
     """One attempt let through: its circuit ticket, timeout and start time."""
 
     ticket: Ticket
@@ -44,43 +72,68 @@ class Admission:
     started: float
 
 
-class Walk:
-    """One call down one chain: its route, its deadline, and what each target said."""
+@dataclass(slots=True)
+class Won(Generic[T]):
+    """The attempt that succeeded, and what it returned."""
 
-    def __init__(self, router: Router, chain: ChainConfig, request: Request, deadline: Deadline) -> None:
-        self.router = router
+    member: Member
+    admission: Admission
+    value: T
+
+
+class Verdict(NamedTuple):
+    failure: Failure
+    handling: Handling
+
+
+class NoCapacity(Exception):
+    """The bulkhead had no slot in time (already recorded)."""
+
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+        super().__init__(failure.message)
+
+
+class Walk:
+    """One call down one chain: its route, its deadline, and every decision. No I/O."""
+
+    def __init__(self, chain: ChainConfig, request: Request, deadline: Deadline, crew: Crew) -> None:
         self.chain = chain
         self.request = request
         self.deadline = deadline
+        self.crew = crew
         self.route = Route(chain=chain.name)
         self.errors: dict[str, BaseException] = {}
+        self._events = crew.events
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
-        self._events = router._events
 
     # -- which targets ---------------------------------------------------------------------
 
-    def targets(self, after: str | None = None, can_continue: bool = False) -> Iterator[TargetConfig]:
-        """The chain's targets (those `after` one, those that can continue a broken stream)
-        that are worth an attempt now; the others are recorded as skipped."""
+    def members(self, after: str | None = None, can_continue: bool = False) -> Iterator[Member]:
+        """The chain's targets (those `after` one; those that can continue a broken stream)
+        worth an attempt now; the others are recorded as skipped."""
         names = self.chain.targets
         if after is not None:
             names = names[names.index(after) + 1:]
+        targets, guards = self.crew.targets, self.crew.guards
         for name in names:
-            config = self.router.config.targets[name]
-            if can_continue and not getattr(self.router._targets.get(name), "continues_streams", False):
+            target = targets.get(name)
+            if can_continue and not (target is not None and target.continues_streams):
                 continue
-            skip = self._skip(config)
+            guard = guards[name]
+            skip = self.skip(guard.config)
             if skip is None:
-                yield config
+                yield Member(guard.config, target, guard)  # type: ignore[arg-type]  # not disabled
             else:
-                self._record(Attempt(name, skip[0].value, detail=skip[1]))
+                self.record(Attempt(name, skip[0].value, detail=skip[1]))
 
-    def _skip(self, config: TargetConfig) -> tuple[Outcome, str] | None:
+    def skip(self, config: TargetConfig) -> tuple[Outcome, str] | None:
+        """Why `config` is passed over without a request, or None."""
         if config.disabled:
             return Outcome.DISABLED, config.disabled
-        if self.router.config.offline and config.is_remote:
+        if self.crew.offline and config.is_remote:
             return Outcome.OFFLINE, "offline mode: remote targets are skipped"
         window, overflowed = config.context_window, self._overflowed
         if overflowed is not None and window and window <= overflowed:
@@ -89,92 +142,53 @@ class Walk:
             return Outcome.DEADLINE, "the call's deadline had passed"
         return None
 
+    def tries(self, member: Member) -> Tries:
+        return Tries(self, member)
+
+    def renew_deadline(self) -> None:
+        """A stream broken after content: reaching new content gets a whole deadline again."""
+        self.deadline = Deadline(self.crew.deadline_s)
+
     # -- one attempt -----------------------------------------------------------------------
-
-    def retrying(self, config: TargetConfig, cls: type[tenacity.BaseRetrying], sleep: Any) -> Any:
-        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
-            self._waited = retry_state.upcoming_sleep
-            if self._events.active:
-                self._events.emit("retry", target=config.name, chain=self.chain.name, wait_s=self._waited,
-                                  outcome=self.route.attempts[-1].outcome)
-
-        circuit, budget = self.router._circuits[config.name], self.router._budgets[config.name]
-
-        def refused() -> bool:
-            if circuit.is_open():
-                return True
-            if budget.allow_retry():
-                return False
-            if self._events.active:
-                self._events.emit("budget_exhausted", target=config.name, chain=self.chain.name)
-            return True
-
-        return retrying(config.retry, self.deadline, cls=cls, refused=refused, sleep=sleep, before_sleep=before_sleep)
 
     def attempt_timeout(self, config: TargetConfig) -> float:
         """The next attempt's timeout: the target's, cut to exactly what the deadline leaves
         (remote targets reuse one HTTP client whatever the timeout: targets/sdk_clients.py)."""
-        return min(config.timeout, max(self.deadline.remaining(), 0.0))
+        return self.deadline.cap(config.timeout)
 
-    def begin(self, config: TargetConfig, slot: bool) -> Admission:
-        """Admit one attempt once the caller has tried for a bulkhead `slot`."""
-        if not slot:
-            bulkhead = self.router._bulkheads[config.name]
-            message = (f"{bulkhead.in_flight} calls in flight (max_concurrency={bulkhead.limit}, "
-                       f"queue_timeout={bulkhead.queue_timeout:g} s)")
-            self._record(Attempt(config.name, Outcome.NO_CAPACITY.value, detail=message,
-                                 waited_s=self._take_wait()))
-            raise AttemptFailed(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
-        try:
-            ticket = self.router._circuits[config.name].admit()
-        except CircuitOpen:
-            self.router._bulkheads[config.name].release()
-            raise
-        return Admission(ticket, self.attempt_timeout(config), time.perf_counter())
-
-    def _settle(self, config: TargetConfig) -> None:
-        self.router._bulkheads[config.name].release()
-
-    def note(self, config: TargetConfig):
+    def note(self, config: TargetConfig) -> Note:
         return lambda text: self.route.notes.append(f"{config.name}: {text}")
 
-    def succeeded(self, config: TargetConfig, admission: Admission) -> None:
-        self._settle(config)
-        self.router._circuits[config.name].succeeded(admission.ticket)
-        self.router._budgets[config.name].succeeded()
-        self._record(Attempt(config.name, Outcome.OK.value,
-                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
+    def succeeded(self, member: Member, admission: Admission) -> None:
+        member.guard.succeeded(admission.ticket)
+        self.record(Attempt(member.config.name, Outcome.OK.value,
+                            latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
 
-    def failed(self, config: TargetConfig, admission: Admission, exc: BaseException) -> AttemptFailed:
-        """Classify, settle the circuit, record; the caller raises what this returns.
-
-        Cancellation is re-raised here, untouched: it is the caller's, not the target's.
-        """
-        self._settle(config)
-        latency = time.perf_counter() - admission.started
-        failure = classify(exc)
-        if failure.outcome is Outcome.SILENT and admission.timeout < config.timeout:
-            failure = replace(failure, outcome=Outcome.DEADLINE)  # our deadline, not its silence
-        circuit = self.router._circuits[config.name]
-        if failure.handling.counts:
-            circuit.failed(admission.ticket)
-            self.router._budgets[config.name].failed()
-        else:
-            circuit.released(admission.ticket)
-        if failure.retry_after is not None and failure.retry_after > config.retry.max_retry_after:
-            circuit.open_for(failure.retry_after)  # out of rotation, for every caller, until then
-        self._record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
-                             latency, self._take_wait(), self.detail(failure.message)))
+    def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
+        """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
+        it is the caller's, not the target's."""
+        config = member.config
+        failure = classify(exc, timeout_cut=admission.timeout < config.timeout)
+        handling = handle(failure, config.retry, self.chain)
+        member.guard.failed(admission.ticket, handling)
+        self.record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
+                            time.perf_counter() - admission.started, self._take_wait(), self.detail(failure.message)))
         if failure.outcome is Outcome.CANCELLED:
             raise exc
-        return AttemptFailed(failure)
+        return Verdict(failure, handling)
 
-    def released(self, config: TargetConfig, admission: Admission, detail: str) -> None:
+    def no_capacity(self, member: Member) -> NoCapacity:
+        """Record that no bulkhead slot came in time; the caller raises what this returns."""
+        message = member.guard.bulkhead.describe()
+        self.record(Attempt(member.config.name, Outcome.NO_CAPACITY.value, detail=message,
+                            waited_s=self._take_wait()))
+        return NoCapacity(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
+
+    def released(self, member: Member, admission: Admission, detail: str) -> None:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
-        self._settle(config)
-        self.router._circuits[config.name].released(admission.ticket)
-        self._record(Attempt(config.name, Outcome.CANCELLED.value,
-                             latency_s=time.perf_counter() - admission.started, detail=detail))
+        member.guard.released(admission.ticket)
+        self.record(Attempt(member.config.name, Outcome.CANCELLED.value,
+                            latency_s=time.perf_counter() - admission.started, detail=detail))
 
     def _take_wait(self) -> float:
         waited, self._waited = self._waited, 0.0
@@ -182,26 +196,34 @@ class Walk:
 
     # -- after a target ------------------------------------------------------------------
 
-    def target_failed(self, config: TargetConfig, exc: CircuitOpen | AttemptFailed) -> None:
+    def retrying(self, member: Member, wait: float, failure: Failure) -> None:
+        self._waited = wait
+        if self._events.active:
+            self._events.emit("retry", target=member.config.name, chain=self.chain.name, wait_s=wait,
+                              outcome=failure.outcome.value)
+
+    def circuit_open(self, member: Member, exc: CircuitOpen) -> None:
+        name = member.config.name
+        self.record(Attempt(name, Outcome.CIRCUIT_OPEN.value, detail=str(exc), waited_s=self._take_wait()))
+        self._events.emit("failover", target=name, chain=self.chain.name, outcome=Outcome.CIRCUIT_OPEN.value)
+
+    def gave_up(self, member: Member, verdict: Verdict) -> None:
         """Note why a target gave up; raise when the outcome must not fail over."""
-        if isinstance(exc, CircuitOpen):
-            self._record(Attempt(config.name, Outcome.CIRCUIT_OPEN.value, detail=str(exc),
-                                 waited_s=self._take_wait()))
-            self._events.emit("failover", target=config.name, chain=self.chain.name,
-                              outcome=Outcome.CIRCUIT_OPEN.value)
-            return
-        failure = exc.failure
+        config, failure = member.config, verdict.failure
         self.errors[config.name] = failure.error
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
-            self.router._flag_misconfigured(config, failure, self.detail(failure.message))
-        if failure.outcome is Outcome.CONTENT_POLICY and self.chain.on_content_policy == "propagate":
+            member.guard.flag_misconfigured(failure, self.detail(failure.message))
+        if not verdict.handling.fail_over:  # content policy (cancellation never gets here)
             self.finish("failed")
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
         self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
 
-    def answer(self, config: TargetConfig, response: Response) -> Response:
+    def answer(self, won: Won[Response]) -> Response:
+        """A plain call's answer: the attempt succeeded, and the call is over."""
+        self.succeeded(won.member, won.admission)
+        config, response = won.member.config, won.value
         self.route.served_by = config.name
         self.route.degraded = config.degraded
         self.finish("ok")
@@ -221,11 +243,11 @@ class Walk:
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
     def detail(self, message: str) -> str:
-        text = self.router._redact(message)
+        text = self.crew.redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
     def finish(self, outcome: str) -> None:
-        """The call is over: "ok", "static" or "failed"."""
+        """The call is over: "ok", "static", "failed" or "cancelled"."""
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
             if self.route.degraded and outcome != "failed":
@@ -233,7 +255,7 @@ class Walk:
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
                               served_by=self.route.served_by if outcome != "failed" else None)
 
-    def _record(self, attempt: Attempt) -> None:
+    def record(self, attempt: Attempt) -> None:
         self.route.attempts.append(attempt)
         if self._events.active:
             self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,
@@ -241,92 +263,114 @@ class Walk:
                               wait_s=attempt.waited_s or None, detail=attempt.detail)
 
 
-def walk_sync(walk: Walk) -> Response:
-    for config in walk.targets():
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
+class Tries:
+    """The attempts at one target within one call: admission, and after a failure, retry
+    (and how long to wait first) or give up. The retry strategies (retry.py) are built
+    on the first failure the table allows to retry, never on the happy path."""
 
-        def attempt() -> Response:
-            admission = walk.begin(config, bulkhead.acquire(walk.attempt_timeout(config)))
+    __slots__ = ("walk", "member", "attempts", "admission", "retries")
+
+    def __init__(self, walk: Walk, member: Member) -> None:
+        self.walk = walk
+        self.member = member
+        self.attempts = 0
+        self.admission: Admission | None = None  # the attempt in flight, not yet settled
+        self.retries: Retries | None = None
+
+    def admit(self, slot: bool) -> Admission:
+        """Admit one attempt once the caller has tried for a bulkhead `slot`; its timeout
+        is fixed here, once. Raises `NoCapacity` or `CircuitOpen` (nothing sent)."""
+        walk, config = self.walk, self.member.config
+        self.attempts += 1
+        if not slot:
+            raise walk.no_capacity(self.member)
+        ticket = self.member.guard.admit()
+        self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter())
+        return self.admission
+
+    def failed(self, exc: BaseException) -> float | None:
+        """The attempt raised `exc`: seconds to wait before the next one, or None when the
+        target is given up (recorded; raised instead when the call must not fail over)."""
+        walk, member = self.walk, self.member
+        admission, self.admission = self.admission, None
+        if isinstance(exc, CircuitOpen):
+            walk.circuit_open(member, exc)
+            return None
+        if isinstance(exc, NoCapacity):
+            verdict = Verdict(exc.failure, handle(exc.failure, member.config.retry, walk.chain))
+        elif admission is None:
+            raise exc  # not the target's doing (cancelled while queueing for a slot)
+        else:
+            verdict = walk.failed(member, admission, exc)
+        wait = self.wait(verdict)
+        if wait is None:
+            walk.gave_up(member, verdict)
+        else:
+            walk.retrying(member, wait, verdict.failure)
+        return wait
+
+    def wait(self, verdict: Verdict) -> float | None:
+        """Seconds before the retry the table allows, or None: no retry (attempts, deadline,
+        circuit or retry budget say stop)."""
+        if not verdict.handling.retry:
+            return None
+        if self.retries is None:
+            self.retries = Retries(self.member.config.retry, self.walk.deadline, self.refused)
+        return self.retries.next_wait(verdict.failure, self.attempts)
+
+    def refused(self) -> bool:
+        reason = self.member.guard.retry_refusal()
+        if reason == "budget_exhausted" and self.walk.crew.events.active:
+            self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name)
+        return reason is not None
+
+
+# -- the shells: the only loops, sync and async, line for line ---------------------------
+
+def chain_sync(walk: Walk, members: Iterable[Member], attempt: Callable[[Walk, Member, Admission], T]) -> Won[T] | None:
+    for member in members:
+        tries = walk.tries(member)
+        while True:
             try:
-                response = target.complete(walk.request, timeout=admission.timeout, note=note)
+                admission = tries.admit(member.guard.bulkhead.acquire(walk.deadline))
+                return Won(member, admission, attempt(walk, member, admission))
             except BaseException as exc:
-                raise walk.failed(config, admission, exc) from exc
-            walk.succeeded(config, admission)
-            return response
+                wait = tries.failed(exc)
+            if wait is None:
+                break
+            walk.crew.sleep(wait)
+    return None
 
-        try:
-            response = with_retries(walk, config, attempt)
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-            continue
-        return walk.answer(config, response)
-    return walk.give_up()
+
+async def chain_async(walk: Walk, members: Iterable[Member],
+                      attempt: Callable[[Walk, Member, Admission], Awaitable[T]]) -> Won[T] | None:
+    for member in members:
+        tries = walk.tries(member)
+        while True:
+            try:
+                admission = tries.admit(await member.guard.bulkhead.acquire_async(walk.deadline))
+                return Won(member, admission, await attempt(walk, member, admission))
+            except BaseException as exc:
+                wait = tries.failed(exc)
+            if wait is None:
+                break
+            await walk.crew.async_sleep(wait)
+    return None
+
+
+def walk_sync(walk: Walk) -> Response:
+    won = chain_sync(walk, walk.members(), _complete_sync)
+    return walk.answer(won) if won is not None else walk.give_up()
 
 
 async def walk_async(walk: Walk) -> Response:
-    for config in walk.targets():
-        target = walk.router._targets[config.name]
-        bulkhead = walk.router._bulkheads[config.name]
-        note = walk.note(config)
-
-        async def attempt() -> Response:
-            admission = walk.begin(config, await bulkhead.acquire_async(walk.attempt_timeout(config)))
-            try:
-                response = await _acomplete(target, walk.request, admission.timeout, note)
-            except BaseException as exc:
-                raise walk.failed(config, admission, exc) from exc
-            walk.succeeded(config, admission)
-            return response
-
-        try:
-            response = await with_retries_async(walk, config, attempt)
-        except (CircuitOpen, AttemptFailed) as exc:
-            walk.target_failed(config, exc)
-            continue
-        return walk.answer(config, response)
-    return walk.give_up()
+    won = await chain_async(walk, walk.members(), _complete_async)
+    return walk.answer(won) if won is not None else walk.give_up()
 
 
-def with_retries(walk: Walk, config: TargetConfig, attempt: Callable[[], T]) -> T:
-    """`attempt()`, then tenacity's loop only if it failed: the first try, which usually
-    succeeds, pays nothing for the retry machinery. The loop starts by replaying that
-    first failure, so its waits and stops are exactly those of a loop from the start."""
-    try:
-        return attempt()
-    except AttemptFailed as first:
-        return walk.retrying(config, tenacity.Retrying, walk.router._sleep)(_replaying(first, attempt))
+def _complete_sync(walk: Walk, member: Member, admission: Admission) -> Response:
+    return member.target.complete(walk.request, timeout=admission.timeout, note=walk.note(member.config))
 
 
-async def with_retries_async(walk: Walk, config: TargetConfig, attempt: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await attempt()
-    except AttemptFailed as first:
-        replay = _replaying(first, attempt)
-
-        async def again() -> T:
-            return await replay()
-
-        return await walk.retrying(config, tenacity.AsyncRetrying, walk.router._async_sleep)(again)
-
-
-def _replaying(first: AttemptFailed, attempt: Callable[[], Any]) -> Callable[[], Any]:
-    pending: list[AttemptFailed] = [first]
-
-    def replay() -> Any:
-        if pending:
-            raise pending.pop()
-        return attempt()
-
-    return replay
-
-
-async def _acomplete(target: Any, request: Request, timeout: float, note: Any) -> Response:
-    """A target's own async call when it has one; else its sync call in a worker thread,
-    so the event loop never blocks (the local tier)."""
-    acomplete = getattr(target, "acomplete", None)
-    if acomplete is not None:
-        return await acomplete(request, timeout=timeout, note=note)
-    return await asyncio.to_thread(target.complete, request, timeout=timeout, note=note)
-
+async def _complete_async(walk: Walk, member: Member, admission: Admission) -> Response:
+    return await member.target.acomplete(walk.request, timeout=admission.timeout, note=walk.note(member.config))

@@ -18,11 +18,17 @@ import pytest
 
 from router import models
 from router.config import config_from_dict
+from router.deadline import Deadline
 from router.outcomes import Outcome, TargetFailure
 from router.request import build_request
 from router.targets.local import LocalTarget, _ModelPool, _pool_for
 
 FAR = 60.0  # a timeout that is never the point of the test
+# Forces a long generation whatever the model would choose: greedy decoding with the end-of-turn
+# (<|im_end|>, 2) and end-of-text (<|endoftext|>, 0) tokens of SmolLM2 banned, so it can only stop
+# at max_tokens or the clock. Without it, how long the model talks depended on what the shared pool
+# ran before (sampling state, cached prompt): the test below failed in every full run.
+NEVER_ENDING = {"temperature": 0, "seed": 7, "logit_bias": {0: -1000.0, 2: -1000.0}}
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +165,7 @@ def test_stream_continues_a_partial_answer(model_path):
 
 def test_stream_past_the_timeout_is_silent_and_closing_frees_the_model(model_path):
     t = target(model_path, max_tokens=900)
-    request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900})
+    request = build_request([{"role": "user", "content": "Count from 1 to 1000."}], {"max_tokens": 900, **NEVER_ENDING})
     received = []
     started = time.monotonic()
     err = failure(lambda: received.extend(t.stream(request, timeout=1.0, note=lambda _: None)))
@@ -226,7 +232,7 @@ def test_pool_bookkeeping_under_contention():
     errors: list[str] = []
 
     def call(i: int):
-        with pool.slot(max_queue=3, deadline=time.monotonic() + FAR) as obj:
+        with pool.slot(max_queue=3, deadline=Deadline(FAR)) as obj:
             with lock:
                 if id(obj) in holders:
                     errors.append(f"{i} got an object held by {holders[id(obj)]}")
@@ -253,10 +259,10 @@ def test_pool_serves_waiters_in_arrival_order():
     order: list[int] = []
 
     def waiter(i: int) -> None:
-        with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+        with pool.slot(max_queue=5, deadline=Deadline(FAR)):
             order.append(i)
 
-    with pool.slot(max_queue=5, deadline=time.monotonic() + FAR):
+    with pool.slot(max_queue=5, deadline=Deadline(FAR)):
         threads = []
         for i in range(4):
             threads.append(threading.Thread(target=waiter, args=(i,)))
@@ -270,12 +276,12 @@ def test_pool_serves_waiters_in_arrival_order():
 
 def test_pool_wait_gives_up_at_the_timeout():
     pool = _ModelPool([object()], formatter=None)
-    with pool.slot(max_queue=1, deadline=time.monotonic() + FAR):
+    with pool.slot(max_queue=1, deadline=Deadline(FAR)):
         started = time.monotonic()
-        err = failure(lambda: pool._acquire(1, time.monotonic() + 0.2))
+        err = failure(lambda: pool._acquire(1, Deadline(0.2)))
         assert 0.15 < time.monotonic() - started < 2.0
     assert err.outcome is Outcome.NO_CAPACITY and "within the timeout" in str(err)
-    with pool.slot(max_queue=0, deadline=time.monotonic() + FAR):  # free again, and nothing leaked
+    with pool.slot(max_queue=0, deadline=Deadline(FAR)):  # free again, and nothing leaked
         assert not pool._waiters
 
 
@@ -293,7 +299,7 @@ def test_truncate_drops_oldest_turns_and_keeps_the_system_message(model_path):
     # exactly the k oldest non-system turns went; the system message and the question stayed
     kept = [messages[0], *messages[1 + k:]]
     pool = _pool_for(t.options, lambda _: None)
-    with pool.slot(max_queue=1, deadline=time.monotonic() + FAR) as llm:
+    with pool.slot(max_queue=1, deadline=Deadline(FAR)) as llm:
         assert pool.count(llm, kept) == resp.usage.prompt_tokens
         assert pool.count(llm, kept) + 16 <= 256 < pool.count(llm, [messages[0], *messages[k:]]) + 16
 
@@ -327,7 +333,8 @@ def test_max_tokens_cap_defaults_below_n_ctx(model_path):
 def test_generation_past_the_timeout_is_silent(model_path):
     t = target(model_path, max_tokens=1000)
     started = time.monotonic()  # 900 tokens take ~9 s at the ~100 tokens/s of 2 idle cores
-    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.5, max_tokens=900))
+    err = failure(lambda: ask(t, "Count from 1 to 1000, separated by commas.", timeout=0.5, max_tokens=900,
+                              **NEVER_ENDING))
     assert time.monotonic() - started < 3.0  # slack for a busy machine, still far from finishing
     assert err.outcome is Outcome.SILENT and str(err) == "local model exceeded its timeout of 0.5 s"
     assert ask(t, "Hi", max_tokens=4).text.strip()  # the model is fine afterwards

@@ -174,7 +174,7 @@ def test_sixteen_async_local_calls_all_end_within_their_deadline(model_path):
     # may too); the others wait in the queue until the same deadline
     assert set(outcomes) == {"deadline", "no_capacity"} and outcomes.count("no_capacity") >= 13, outcomes
     assert router.status()["local"]["failures"] == 0
-    assert router._bulkheads["local"].in_flight == 0
+    assert router._guards["local"].bulkhead.in_flight == 0
 
 
 def test_cancelling_an_async_local_call_stops_the_generation_and_frees_the_model(model_path):
@@ -203,7 +203,7 @@ def test_cancelling_an_async_local_call_stops_the_generation_and_frees_the_model
     assert took < 5.0
     status = router.status()["local"]
     assert status["failures"] == 0 and status["state"] == "closed"
-    assert router._bulkheads["local"].in_flight == 0
+    assert router._guards["local"].bulkhead.in_flight == 0
 
 
 def test_a_cancelled_caller_waiting_for_a_local_model_leaves_the_queue_at_once(model_path):

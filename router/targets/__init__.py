@@ -1,29 +1,55 @@
 """The things a chain is made of: each `Target` answers one `Request`, or raises.
 
-A target makes exactly one request per `complete` call (no retries of its own: retrying
-is the router's job) and must return within `timeout` seconds or raise. What it raises
-is classified by `router.outcomes.classify`; targets that are not provider SDKs raise
+A target makes exactly one request per call (no retries of its own: retrying is the
+router's job) and must return within `timeout` seconds or raise. What it raises is
+classified by `router.outcomes.classify`; targets that are not provider SDKs raise
 `TargetFailure` with the outcome spelled out.
+
+`Target` declares everything the walk uses, capabilities included, so nothing is probed
+with getattr. Targets subclass it and inherit the defaults: an `acomplete` that runs
+`complete` in a worker thread (the event loop never blocks), no native async stream
+(`streams_async`), no continuation of a broken stream (`continues_streams`), nothing to
+preload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Protocol
 
-from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
+from ..schema import TargetConfig
 
 Note = Callable[[str], None]
 
 
 class Target(Protocol):
     config: TargetConfig
+    # capabilities
+    streams_async: bool = False  # `astream` is native; else the walk reads `stream` in a thread
+    continues_streams: bool = False  # `stream(partial=...)` picks up a broken stream's text
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         """Answer `request` with one call; `note` records facts worth showing in the route."""
         ...
+
+    async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        """`complete` for asyncio; by default in a worker thread."""
+        return await asyncio.to_thread(self.complete, request, timeout=timeout, note=note)
+
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
+        """OpenAI-style chunks as they come; `partial` (only when `continues_streams`): the
+        assistant text already delivered, to be continued."""
+        ...
+
+    async def astream(self, request: Request, *, timeout: float, note: Note) -> AsyncIterator[Any]:
+        """An async iterator of chunks (only when `streams_async`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no native async stream")
+
+    def preload(self) -> None:
+        """Get ready before the first call (load a model); by default nothing to do."""
 
 
 def build_target(config: TargetConfig) -> Target:

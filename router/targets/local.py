@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import LocalOptions, TargetConfig
+from ..deadline import Deadline
 from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
-from . import Note
+from . import Note, Target
 from .local_call import LocalCall, run_cancellable, worker_threads
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
@@ -43,8 +44,9 @@ _PASSED_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "stop", "s
 _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template cannot be rendered
 
 
-class LocalTarget:
-    """One `provider: llama_cpp` target. Instances with the same model settings share a pool."""
+class LocalTarget(Target):
+    """One `provider: llama_cpp` target. Instances with the same model settings share a pool.
+    Its async calls and streams run in a worker thread (the `Target` defaults)."""
 
     continues_streams = True  # stream(partial=...) picks up a broken stream where it stopped
 
@@ -105,12 +107,12 @@ class LocalTarget:
     def _borrow(self, request: Request, call: LocalCall, note: Note, partial: str = "") -> Iterator[tuple]:
         """A model for one call with the messages fitted to its context and the call's
         deadline and cancellation armed; llama.cpp's own errors and a spent deadline come
-        out as `TargetFailure`. Queueing and generating share the call's one clock."""
+        out as `TargetFailure`. Queueing and generating share the call's one deadline."""
         opts = self.options
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
-        with pool.slot(max_queue=opts.max_queue, deadline=call.stop_at, call=call) as llm:
+        with pool.slot(max_queue=opts.max_queue, deadline=call.deadline, call=call) as llm:
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
@@ -148,7 +150,7 @@ class _ModelPool:
         self._formatter = formatter  # the GGUF's chat template, to count prompt tokens exactly
 
     @contextmanager
-    def slot(self, *, max_queue: int, deadline: float, call: LocalCall | None = None) -> Iterator[Any]:
+    def slot(self, *, max_queue: int, deadline: Deadline, call: LocalCall | None = None) -> Iterator[Any]:
         llm = self._acquire(max_queue, deadline, call)
         try:
             yield llm
@@ -157,7 +159,7 @@ class _ModelPool:
                 self._free.append(llm)
                 self._cond.notify_all()
 
-    def _acquire(self, max_queue: int, deadline: float, call: LocalCall | None = None) -> Any:
+    def _acquire(self, max_queue: int, deadline: Deadline, call: LocalCall | None = None) -> Any:
         with self._cond:
             if self._free and not self._waiters:
                 return self._free.pop()
@@ -171,7 +173,7 @@ class _ModelPool:
                 while not (self._free and self._waiters[0] is ticket):
                     if call is not None and call.cancelled:
                         raise TargetFailure(Outcome.CANCELLED, "the caller cancelled while waiting for a local model")
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline.remaining()
                     if remaining <= 0:
                         raise TargetFailure(Outcome.NO_CAPACITY, "no local model became free within the timeout: "
                                                                  f"{self._load(max_queue)}")

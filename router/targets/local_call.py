@@ -6,8 +6,8 @@ worker thread. Two things then need care, both measured on this project's 2 core
 - asyncio's default thread pool has min(32, cores + 4) = 6 threads: 16 concurrent calls
   with a 3 s deadline waited there before their own clock started, and ran up to 5.7 s.
   Each `LocalTarget` gets its own executor, sized for every caller its pool may hold
-  (`pool_size + max_queue`), and a call's clock (`LocalCall.stop_at`) starts before it
-  is queued: the deadline covers every wait.
+  (`pool_size + max_queue`), and a call's `LocalCall.deadline` starts before it is
+  queued: the deadline covers every wait.
 - cancelling the awaiting task does not stop a thread: the model kept generating for
   seconds while the bulkhead already showed the slot free. `LocalCall.cancel()` is read
   by the model between two tokens (and by a caller waiting for a model), and the
@@ -19,21 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
+
+from ..deadline import Deadline
 
 T = TypeVar("T")
 
 
 class LocalCall:
-    """Why one local call must stop: its deadline (time.monotonic seconds) passed, or its
-    caller cancelled. Read between tokens by the model and by pool waiters."""
+    """Why one local call must stop: its deadline passed, or its caller cancelled. Read
+    between tokens by the model and by pool waiters."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.stop_at = time.monotonic() + timeout
+        self.deadline = Deadline(timeout)
         self._cancelled = threading.Event()
         self._wake: Callable[[], None] | None = None
 
@@ -42,7 +43,7 @@ class LocalCall:
         return self._cancelled.is_set()
 
     def over(self) -> bool:
-        return self._cancelled.is_set() or time.monotonic() >= self.stop_at
+        return self._cancelled.is_set() or self.deadline.passed()
 
     def on_cancel(self, wake: Callable[[], None] | None) -> None:
         """`wake()` is called on cancellation (a pool waking its waiters), until replaced."""

@@ -15,7 +15,7 @@ from typing import Any
 from ..schema import TargetConfig
 from ..request import Request
 from ..response import Response
-from . import Note
+from . import Note, Target
 from .sdk_clients import SdkClients
 
 _litellm: Any = None
@@ -37,9 +37,10 @@ def litellm_module() -> Any:
     return _litellm
 
 
-class RemoteTarget:
+class RemoteTarget(Target):
     """One provider + model reached with `litellm.completion`."""
 
+    streams_async = True  # litellm's acompletion(stream=True)
     continues_streams = False  # providers do not reliably resume from a partial assistant turn
 
     def __init__(self, config: TargetConfig) -> None:
@@ -62,7 +63,7 @@ class RemoteTarget:
         raw = await litellm.acompletion(**self._arguments(request, timeout, self._clients.for_running_loop()))
         return Response.from_openai(raw)
 
-    def stream(self, request: Request, *, timeout: float, note: Note) -> Iterator[Any]:
+    def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
         result's `abort()` closes the connection from another thread (stream_sources.py)."""
         litellm = litellm_module()

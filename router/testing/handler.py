@@ -35,7 +35,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: Any  # server._HTTPServer: its `owner` is the FaultServer
+    server: Any  # server._HTTPServer: `admit` and `scripted_models` are the FaultServer's
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request would drown test output
@@ -44,7 +44,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/v1/models", "/models"):
             models = [{"id": m, "object": "model", "owned_by": "fault-server"}
-                      for m in self.server.owner._scripted_models()]
+                      for m in self.server.scripted_models()]
             self._send_json(200, {"object": "list", "data": models})
         elif path == "/health":
             self._send_json(200, {"status": "ok"})
@@ -68,8 +68,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
             body = None
         model = body.get("model") if body is not None else None
         headers = {k.lower(): v for k, v in self.headers.items()}
-        fault = self.server.owner._admit(model if isinstance(model, str) else None,
-                                         body, headers, path, t)
+        fault = self.server.admit(model if isinstance(model, str) else None,
+                                   body, headers, path, t)
         if fault is None:
             msg = "We could not parse the JSON body of your request."
             return self._send_json(400, _error_body(msg, "invalid_request_error", None))

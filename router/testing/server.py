@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from socketserver import TCPServer
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import faults
 from .handler import _FaultHandler
@@ -67,8 +67,10 @@ class _HTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 512  # bursts of concurrent connects must not overflow the backlog
 
-    def __init__(self, address: tuple, owner: "FaultServer") -> None:
-        self.owner = owner
+    def __init__(self, address: tuple, admit: Callable[..., Optional[faults.Fault]],
+                 scripted_models: Callable[[], list]) -> None:
+        self.admit = admit  # the FaultServer's: record a request, return the fault to play
+        self.scripted_models = scripted_models
         self.stopping = threading.Event()
         self._connections: set = set()
         self._connections_lock = threading.Lock()
@@ -135,7 +137,7 @@ class FaultServer:
         """Bind and start serving in a daemon thread; returns ``self``."""
         if self._httpd is not None:
             raise RuntimeError("FaultServer is already running")
-        httpd = _HTTPServer((self.host, self._port), self)
+        httpd = _HTTPServer((self.host, self._port), self._admit, self._scripted_models)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
