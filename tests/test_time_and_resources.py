@@ -233,6 +233,35 @@ def test_a_cancelled_caller_waiting_for_a_local_model_leaves_the_queue_at_once(m
     assert len(pool._free) == 1 and router.status()["local"]["failures"] == 0
 
 
+def test_an_async_local_stream_opening_behind_a_busy_model_is_cancelled_at_once(model_path):
+    from router.targets.local import _pool_for
+
+    router = local_router(model_path, pool_size=1, max_queue=4)
+    pool = _pool_for(router.config.targets["local"].local, lambda _: None)
+
+    async def main() -> tuple[float, float]:
+        busy = await router.acomplete(LONG, stream=True, **ENDLESS)  # holds the model while read
+        await busy.__anext__()
+        opening = asyncio.create_task(router.acomplete(LONG, stream=True, **ENDLESS))
+        await asyncio.sleep(0.3)
+        assert len(pool._waiters) == 1
+        cancelled = time.monotonic()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        assert settle(lambda: not pool._waiters, within=0.5)
+        left = time.monotonic() - cancelled
+        closed = time.monotonic()
+        await busy.aclose()
+        assert settle(lambda: len(pool._free) == 1, within=1.0)
+        return left, time.monotonic() - closed
+
+    left, freed = asyncio.run(main())
+    assert left < 0.5 and freed < 0.5  # not the 30 s of the attempt's timeout
+    assert settle(lambda: stream_threads() == 0, within=1.0)
+    assert router.status()["local"]["failures"] == 0 and router._guards["local"].bulkhead.in_flight == 0
+
+
 # -- 5: streams give back their thread and socket -------------------------------------------
 
 

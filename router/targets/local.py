@@ -35,7 +35,7 @@ from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
 from . import Note, Target
-from .local_call import LocalCall, run_cancellable, worker_threads
+from .local_call import CancellableChunks, LocalCall, WorkerThreads
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
 # (user, n, tools for a remote model, ...) is dropped rather than failing the fallback.
@@ -55,8 +55,7 @@ class LocalTarget(Target):
             raise ValueError(f"target {config.name!r} is not a llama_cpp target")
         self.config = config
         self.options: LocalOptions = config.local
-        self._executor: Any = None  # acomplete's own threads, made on the first async call
-        self._executor_lock = threading.Lock()
+        self._workers = WorkerThreads(self.options.pool_size + self.options.max_queue, config.name)
 
     def preload(self, note: Note | None = None) -> None:
         """Load the model now instead of on the first call (the router does this at start
@@ -70,7 +69,7 @@ class LocalTarget(Target):
         """`complete` in this target's own worker threads (local_call.py): the clock starts
         now, and cancelling the caller stops the generation at the next token."""
         call = LocalCall(timeout)
-        return await run_cancellable(self._threads(), call, lambda: self._complete(request, call, note))
+        return await self._workers.run(call, lambda: self._complete(request, call, note))
 
     def _complete(self, request: Request, call: LocalCall, note: Note) -> Response:
         with self._borrow(request, call, note) as (llm, pool, messages, params):
@@ -79,20 +78,19 @@ class LocalTarget(Target):
         response.model = params["model"]
         return response
 
-    def _threads(self) -> Any:
-        with self._executor_lock:
-            if self._executor is None:
-                self._executor = worker_threads(self.options.pool_size + self.options.max_queue, self.config.name)
-            return self._executor
-
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[dict[str, Any]]:
         """OpenAI-style chunk dicts as the model writes them. The model stays borrowed until
-        the generator ends or is closed: close it when abandoning a stream.
+        the chunks end or are closed: close them when abandoning a stream; `abort()` (from
+        any thread) stops the generation at the next token.
 
         `partial` is assistant text a target already delivered before it broke: the prompt is
         rendered with it appended, so the model writes what comes next.
         """
-        with self._borrow(request, LocalCall(timeout), note, partial) as (llm, pool, messages, params):
+        call = LocalCall(timeout)
+        return CancellableChunks(self._generate(request, call, note, partial), call)
+
+    def _generate(self, request: Request, call: LocalCall, note: Note, partial: str) -> Iterator[dict[str, Any]]:
+        with self._borrow(request, call, note, partial) as (llm, pool, messages, params):
             chunks = (pool.continue_chunks(llm, messages, partial, params) if partial
                       else llm.create_chat_completion(messages=messages, stream=True, **params))
             try:
@@ -170,15 +168,16 @@ class _ModelPool:
             if call is not None:
                 call.on_cancel(self._wake)
             try:
-                while not (self._free and self._waiters[0] is ticket):
+                while True:  # a model freed after the deadline is no use: generating would overrun it
                     if call is not None and call.cancelled:
                         raise TargetFailure(Outcome.CANCELLED, "the caller cancelled while waiting for a local model")
                     remaining = deadline.remaining()
                     if remaining <= 0:
                         raise TargetFailure(Outcome.NO_CAPACITY, "no local model became free within the timeout: "
                                                                  f"{self._load(max_queue)}")
+                    if self._free and self._waiters[0] is ticket:
+                        return self._free.pop()
                     self._cond.wait(remaining)
-                return self._free.pop()
             finally:
                 if call is not None:
                     call.on_cancel(None)

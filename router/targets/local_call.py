@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..deadline import Deadline
 
@@ -56,21 +56,53 @@ class LocalCall:
             wake()
 
 
-def worker_threads(workers: int, name: str) -> ThreadPoolExecutor:
-    """A target's own executor: threads are started on demand, so a large bound costs nothing idle."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"router-{name}")
+class CancellableChunks:
+    """A local stream's chunks, plus `abort()` for another thread (a stream's reader
+    closing it): the model stops at the next token, a wait for a model ends at once."""
+
+    def __init__(self, chunks: Generator[Any, None, None], call: LocalCall) -> None:
+        self._chunks = chunks
+        self._call = call
+
+    def __iter__(self) -> CancellableChunks:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def abort(self) -> None:
+        self._call.cancel()
 
 
-async def run_cancellable(executor: ThreadPoolExecutor, call: LocalCall, work: Callable[[], T]) -> T:
-    """`work()` in `executor`; when the awaiting task is cancelled, tell `call` and wait for
-    the thread to stop (a second cancellation stops the waiting, not the signal)."""
-    future = asyncio.get_running_loop().run_in_executor(executor, work)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        call.cancel()
-        if not future.done():
-            await asyncio.wait([future])
-        if not future.cancelled():
-            future.exception()  # retrieved: the thread's own error is moot once cancelled
-        raise
+class WorkerThreads:
+    """One target's own threads for its asyncio callers, started on demand (so a large
+    bound costs nothing while idle)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers = workers
+        self._name = f"router-{name}"
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    async def run(self, call: LocalCall, work: Callable[[], T]) -> T:
+        """`work()` in one of the threads; when the awaiting task is cancelled, tell `call` and
+        wait for the thread to stop (a second cancellation stops the waiting, not the signal)."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool(), work)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            call.cancel()
+            if not future.done():
+                await asyncio.wait([future])
+            if not future.cancelled():
+                future.exception()  # retrieved: the thread's own error is moot once cancelled
+            raise
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=self._name)
+            return self._executor
