@@ -26,14 +26,14 @@ __all__ = [
 ]
 
 
-def complete(messages: list[dict[str, Any]], **kwargs: Any) -> Response | Stream:
+def complete(messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Response | Stream:
     """`Router.complete` on the default router (built from $ROUTER_CONFIG or ./config.yaml)."""
-    return default_router().complete(messages, **kwargs)
+    return default_router().complete(messages, *args, **kwargs)
 
 
-async def acomplete(messages: list[dict[str, Any]], **kwargs: Any) -> Response | AsyncStream:
+async def acomplete(messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Response | AsyncStream:
     """`Router.acomplete` on the default router."""
-    return await default_router().acomplete(messages, **kwargs)
+    return await default_router().acomplete(messages, *args, **kwargs)
 
 
 def status() -> dict[str, dict[str, Any]]:

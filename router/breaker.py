@@ -35,11 +35,12 @@ import contextlib
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 import pybreaker
 
+from . import clock
 from .schema import BreakerPolicy
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -154,7 +155,7 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
             if view.state == OPEN and view.remaining >= seconds:
                 return view
             self._breaker.open()
-            self.opened_at = datetime.now(timezone.utc) + timedelta(seconds=seconds - policy.reset_timeout)
+            self.opened_at = clock.utcnow() + timedelta(seconds=seconds - policy.reset_timeout)
             return self._view(policy)
 
     def reset(self, policy: BreakerPolicy) -> View:
@@ -162,8 +163,11 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
             self._breaker.close()
             return self._view(policy)
 
-    def _new_epoch(self) -> None:
-        self._epoch += 1  # called by pybreaker inside one of our locked steps
+    def _new_epoch(self, state: str) -> None:
+        """Called by pybreaker inside one of our locked steps, on every state change."""
+        self._epoch += 1
+        if state == pybreaker.STATE_OPEN:
+            self.opened_at = clock.utcnow()  # pybreaker stamped datetime.now: use our (replaceable) clock
 
     def _apply(self, policy: BreakerPolicy) -> None:
         self._breaker.fail_max = policy.fail_max
@@ -174,16 +178,16 @@ class MemoryCircuitStorage(pybreaker.CircuitMemoryStorage, CircuitStorage):
         remaining = 0.0
         if state == OPEN and self.opened_at is not None:
             reopen = self.opened_at + timedelta(seconds=policy.reset_timeout)
-            remaining = (reopen - datetime.now(timezone.utc)).total_seconds()
+            remaining = (reopen - clock.utcnow()).total_seconds()
         return View(state, self.counter, remaining, self._epoch)
 
 
 class _EpochCounter(pybreaker.CircuitBreakerListener):
-    def __init__(self, new_epoch: Callable[[], None]) -> None:
+    def __init__(self, new_epoch: Callable[[str], None]) -> None:
         self._new_epoch = new_epoch
 
     def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
-        self._new_epoch()
+        self._new_epoch(new_state.name)
 
 
 class ProbeSlots:

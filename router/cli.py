@@ -1,5 +1,5 @@
 """`router` on the command line: ask a chain, inspect and steer circuits, validate a config,
-fetch a model.
+tune it from the event log, fetch a model.
 
 Exit codes: 0 answered / valid / done, 1 no target answered, 2 bad usage or config.
 """
@@ -7,10 +7,12 @@ Exit codes: 0 answered / valid / done, 1 no target answered, 2 bad usage or conf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
 
 from .config import load_config
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", default=None)
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_check_config)
+
+    advise = commands.add_parser("advise", help="recommend timeouts, retries and breaker settings from an "
+                                                "event log (events: {log: json})")
+    advise.add_argument("events", nargs="+", metavar="EVENTS", help="JSON event log file(s); - for stdin")
+    advise.add_argument("--config", default=os.environ.get("ROUTER_CONFIG"),
+                        help="the config in use (default: $ROUTER_CONFIG); needed by --write and --replay")
+    advise.add_argument("--json", action="store_true")
+    advise.add_argument("--write", metavar="FILE", help="write the config with the recommendations applied")
+    advise.add_argument("--replay", action="store_true",
+                        help="replay the log against the current and the recommended config (simulated clock)")
+    advise.set_defaults(run=_advise)
 
     models = commands.add_parser("models", help="fetch the default local model")
     models.add_argument("action", choices=["pull"])
@@ -153,6 +166,7 @@ def _shared_state_router(path: str) -> Any:
 def _check_config(args: argparse.Namespace) -> int:
     file = args.file or os.environ.get("ROUTER_CONFIG", "config.yaml")
     config = load_config(file)
+    _check_model_files(config, file)
     chains: dict[str, Any] = {}
     for name, chain in config.chains.items():
         chains[name] = [
@@ -172,6 +186,105 @@ def _check_config(args: argparse.Namespace) -> int:
             parts.append(text + (f" [disabled: {m['disabled']}]" if m["disabled"] else ""))
         print(f"  {name}: " + " -> ".join(parts))
     return EXIT_OK
+
+
+def _check_model_files(config: Any, file: str) -> None:
+    """A config whose local model file is missing or broken is not valid: the last resort
+    would fail the first time it is needed."""
+    from .models import ModelFileError, verify_model_file
+
+    for name, target in config.targets.items():
+        if target.local is not None and not target.disabled:
+            try:
+                verify_model_file(target.local.model_path)
+            except ModelFileError as exc:
+                raise ConfigError(str(exc), file=file, key_path=f"targets.{name}.model_path") from None
+
+
+def _advise(args: argparse.Namespace) -> int:
+    from . import advise, replay
+    from .evidence import gather, read_events
+
+    if (args.write or args.replay) and not args.config:
+        print("router: --write and --replay need the config in use: --config FILE (or $ROUTER_CONFIG)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with contextlib.ExitStack() as files:
+            streams = [(name, sys.stdin if name == "-" else files.enter_context(open(name, encoding="utf-8")))
+                       for name in args.events]
+            log = read_events(streams)
+    except OSError as exc:
+        print(f"router: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_USAGE
+    if not log.events:
+        print(f"router: no router events in {', '.join(args.events)} ({log.skipped} other line(s)); "
+              f"write them with `events: {{log: json}}` in the config", file=sys.stderr)
+        return EXIT_USAGE
+    config = load_config(args.config) if args.config else None
+    evidence = gather(log.events)
+    found = advise.advise(evidence, config)
+    result: dict[str, Any] = {"targets": {name: a.to_dict() for name, a in found.items()}}
+    if log.skipped:
+        result["skipped_lines"] = log.skipped
+    unknown = sorted(set(evidence) - set(found))
+    if unknown:
+        result["not_in_config"] = unknown
+    if args.write:
+        assert config is not None
+        _write_config(args.config, args.write, found)
+        result["written"] = args.write
+    if args.replay:
+        assert config is not None
+        result["replay"] = {"current": replay.replay(log.events, config),
+                            "recommended": replay.replay(log.events, advise.applied(config, found))}
+    if args.json:
+        if "replay" in result:
+            result["replay"] = {k: v.to_dict() for k, v in result["replay"].items()}
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    print(advise.report_text(found))
+    if log.skipped:
+        print(f"({log.skipped} line(s) that were not router events were skipped)")
+    if unknown:
+        print(f"(targets in the log but not in {args.config}, left out: {', '.join(unknown)})")
+    if args.write:
+        print(f"wrote {args.write} (valid)")
+    if args.replay:
+        print("\nreplay on a simulated clock:")
+        print(replay.report_text(result["replay"]["current"], result["replay"]["recommended"]))
+    return EXIT_OK
+
+
+def _write_config(source: str, dest: str, found: dict[str, Any]) -> None:
+    """The config's text with the recommendations set in each target's own mapping,
+    checked by the loader `check-config` uses before it replaces `dest`."""
+    from .yaml_edit import EditError, set_values
+
+    with open(source, encoding="utf-8") as file:
+        text = file.read()
+    for name, advice in found.items():
+        if advice.recommend:
+            try:
+                text = set_values(text, ("targets", name), advice.recommend)
+            except EditError as exc:
+                raise ConfigError(f"cannot write the recommendations: {exc}", file=source,
+                                  key_path=f"targets.{name}") from None
+    folder = os.path.dirname(os.path.abspath(dest))
+    handle, temporary = tempfile.mkstemp(prefix=".advise-", suffix=".yaml", dir=folder)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        try:
+            load_config(temporary)
+        except ConfigError as exc:
+            raise ConfigError(f"the config with the recommendations would not load: {exc.reason}", file=dest,
+                              key_path=exc.key_path) from None
+        os.replace(temporary, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _models(args: argparse.Namespace) -> int:

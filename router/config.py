@@ -21,9 +21,11 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .config_yaml import load_yaml
+from .errors import ConfigError, InvalidRequest
 from .redact import Secret
-from .schema import (BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
+from .request import ROUTER_OWNED_PARAMS, check_params
+from .schema import (MAX_DURATION_S, BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
                      RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
@@ -31,13 +33,13 @@ log = logging.getLogger("router")
 
 PROVIDERS = ("litellm", "llama_cpp")
 _TOP_KEYS = ("defaults", "targets", "chains", "state", "offline", "events")
-# Scalar target settings that `defaults` may set for every target: (type, minimum, > 0).
-_LIMITS: dict[str, tuple[type, float, bool]] = {
-    "timeout": (float, 0, True),
-    "max_concurrency": (int, 1, True),
-    "queue_timeout": (float, 0, False),
-    "first_token_timeout": (float, 0, True),
-    "stream_idle_timeout": (float, 0, True),
+# Scalar target settings that `defaults` may set for every target: (type, minimum, > 0, maximum).
+_LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
+    "timeout": (float, 0, True, MAX_DURATION_S),
+    "max_concurrency": (int, 1, True, None),
+    "queue_timeout": (float, 0, False, MAX_DURATION_S),
+    "first_token_timeout": (float, 0, True, MAX_DURATION_S),
+    "stream_idle_timeout": (float, 0, True, MAX_DURATION_S),
 }
 _DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", *_LIMITS)
 # Every field of TargetConfig is a key of a target, except those the loader fills in.
@@ -48,7 +50,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_config(path: str | os.PathLike[str]) -> RouterConfig:
-    """Read and validate a YAML config file (with `yaml.safe_load` only)."""
+    """Read and validate a YAML config file (safe constructors only, read strictly: config_yaml.py)."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -57,7 +59,7 @@ def load_config(path: str | os.PathLike[str]) -> RouterConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -68,7 +70,11 @@ def load_config(path: str | os.PathLike[str]) -> RouterConfig:
 
 def config_from_dict(data: Any, *, source: str = "<dict>", base_dir: Path | None = None) -> RouterConfig:
     """Validate an already-parsed config; `source` names it in errors."""
-    return _Loader(source, base_dir or Path.cwd()).load(data)
+    try:
+        return _Loader(source, base_dir or Path.cwd()).load(data)
+    except RecursionError:  # a dict that contains itself (YAML files are refused earlier, with a line)
+        raise ConfigError("the config contains itself (a mapping or list nested inside itself)",
+                          file=source) from None
 
 
 class _Loader:
@@ -90,10 +96,11 @@ class _Loader:
         offline = offline or os.environ.get("ROUTER_OFFLINE", "").lower() in ("1", "true", "yes")
 
         defaults = self.mapping(self.resolved(top.get("defaults", {}), "defaults"), "defaults", _DEFAULT_KEYS)
-        deadline = self.number(defaults.get("deadline", 90.0), "defaults.deadline", positive=True)
+        deadline = self.number(defaults.get("deadline", 90.0), "defaults.deadline", positive=True,
+                               maximum=MAX_DURATION_S)
         retry = self.build(RetryPolicy, defaults.get("retry", {}), "defaults.retry", RetryPolicy())
         breaker = self.build(BreakerPolicy, defaults.get("breaker", {}), "defaults.breaker", BreakerPolicy())
-        params = self.mapping(defaults.get("params", {}), "defaults.params")
+        params = self.params(defaults.get("params", {}), "defaults.params")
         base = TargetConfig(name="", provider="litellm", model=None, timeout=30.0, retry=retry,
                             breaker=breaker, params=params)
         base = replace(base, **self.limits(defaults, "defaults"))
@@ -152,7 +159,7 @@ class _Loader:
             model = model or Path(local.model_path).stem
         disabled = None
         if missing_env:
-            disabled = f"environment variable {missing_env[0]} is not set"
+            disabled = missing_env[0]
         elif api_key is not None and not api_key.reveal():
             disabled = "api_key is empty"
         if disabled:
@@ -173,7 +180,7 @@ class _Loader:
             breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
             context_window=context_window,
-            params={**base.params, **self.mapping(data.get("params", {}), f"{path}.params")},
+            params={**base.params, **self.params(data.get("params", {}), f"{path}.params")},
             local=local,
             disabled=disabled,
             **self.limits(data, path),
@@ -207,8 +214,27 @@ class _Loader:
 
     def limits(self, data: Mapping[str, Any], path: str) -> dict[str, Any]:
         """The `_LIMITS` keys present in `data`, validated."""
-        return {key: self.number(data[key], f"{path}.{key}", integer=kind is int, minimum=minimum, positive=positive)
-                for key, (kind, minimum, positive) in _LIMITS.items() if key in data}
+        return {key: self.number(data[key], f"{path}.{key}", integer=kind is int, minimum=minimum, positive=positive,
+                                 maximum=maximum)
+                for key, (kind, minimum, positive, maximum) in _LIMITS.items() if key in data}
+
+    def params(self, raw: Any, path: str) -> dict[str, Any]:
+        """Parameters passed to every call of a target: never the keys the router owns
+        (`timeout: 8` would outlive a 2 s deadline, `num_retries: 3` multiply attempts,
+        `stream: true` turn every plain call into an empty stream)."""
+        data = self.mapping(raw, path)
+        owned = sorted(ROUTER_OWNED_PARAMS & data.keys())
+        if owned:
+            raise self.error(f"{path}.{owned[0]}", f"set by the router, not a parameter: use the target's own "
+                                                   f"keys (timeout, retry.attempts, model, api_key, api_base) or "
+                                                   f"per-call arguments (stream=True); router-owned: "
+                                                   f"{', '.join(sorted(ROUTER_OWNED_PARAMS))}")
+        for key, value in data.items():  # as a call's own arguments are checked
+            try:
+                check_params({key: value})
+            except InvalidRequest as exc:
+                raise self.error(f"{path}.{key}", str(exc)) from None
+        return data
 
     def choice(self, raw: Any, path: str, choices: tuple[str, ...]) -> str:
         if raw not in choices:
@@ -233,7 +259,7 @@ class _Loader:
         missing: list[str] = []
         value = _interpolate(raw, path, self, missing)
         if missing:
-            raise self.error(path, f"environment variable {missing[0]} is not set")
+            raise self.error(path, missing[0])
         return value
 
     def mapping(self, raw: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -255,7 +281,7 @@ class _Loader:
         return raw
 
     def number(self, raw: Any, path: str, *, integer: bool = False, minimum: float = 0.0,
-               positive: bool = False) -> Any:
+               positive: bool = False, maximum: float | None = None) -> Any:
         ok = isinstance(raw, int) if integer else isinstance(raw, (int, float))
         if isinstance(raw, bool) or not ok or (isinstance(raw, float) and not math.isfinite(raw)):
             raise self.error(path, f"expected {'a whole number' if integer else 'a number'}, got {_kind(raw)}")
@@ -263,6 +289,10 @@ class _Loader:
             raise self.error(path, f"expected a number > 0, got {raw}")
         if raw < minimum:
             raise self.error(path, f"expected a number >= {minimum:g}, got {raw}")
+        if maximum is not None and raw > maximum:
+            unit = " seconds (one day)" if maximum == MAX_DURATION_S else ""
+            shown = str(raw) if len(str(raw)) <= 24 else f"{str(raw)[:20]}..."
+            raise self.error(path, f"expected at most {maximum:g}{unit}, got {shown}")
         return raw
 
     def build(self, cls: type, raw: Any, path: str, base: Any = None) -> Any:
@@ -296,7 +326,8 @@ class _Loader:
                 return None
             hint = next(a for a in typing.get_args(hint) if a is not type(None))
         if hint in (int, float):
-            return self.number(raw, path, integer=hint is int, minimum=metadata.get("min", 0.0))
+            return self.number(raw, path, integer=hint is int, minimum=metadata.get("min", 0.0),
+                               maximum=metadata.get("max"))
         value = self.value(raw, path, hint)
         choices = metadata.get("choices")
         if choices and value not in choices:
@@ -321,7 +352,7 @@ def _interpolate(raw: Any, path: str, loader: _Loader, missing: list[str]) -> An
                 return value
             if sep:
                 return default
-            missing.append(name)
+            missing.append(f"environment variable {name} is " + ("not set" if value is None else "set but empty"))
             return ""
 
         return _ENV.sub(substitute, raw)

@@ -20,9 +20,9 @@ from .errors import InvalidRequest
 from .events import Events, Listener, LoggingListener
 from .guard import Guard, build_guard
 from .redact import Redactor
-from .request import build_request
+from .request import build_request, check_deadline
 from .response import Response
-from .schema import ChainConfig, RouterConfig
+from .schema import ChainConfig, RouterConfig, TargetConfig
 from .state import build_state
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .targets import Target, build_target
@@ -35,12 +35,15 @@ class Router:
     """Routes chat completions down configured chains of targets.
 
     `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
-    backoff waits (tests pass a recorder, or a no-op to turn waits off).
+    backoff waits (tests pass a recorder, or a no-op to turn waits off); `target_factory`
+    builds the object that answers for each configured target (`router advise --replay`
+    passes one that plays a recorded log back).
     """
 
     def __init__(self, config: RouterConfig, *, listeners: Iterable[Listener] = (),
                  sleep: Callable[[float], Any] = time.sleep,
-                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 target_factory: Callable[[TargetConfig], Target] = build_target) -> None:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -48,7 +51,7 @@ class Router:
         self._state = build_state(config.state, source=config.source)
         self._guards = {name: build_guard(target, self._state, self._circuit_changed)
                         for name, target in config.targets.items()}
-        self._targets: dict[str, Target] = {name: build_target(target) for name, target in config.targets.items()
+        self._targets: dict[str, Target] = {name: target_factory(target) for name, target in config.targets.items()
                                             if not target.disabled}
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
         for name, target in self._targets.items():
@@ -66,14 +69,14 @@ class Router:
     # -- calls ---------------------------------------------------------------------------
 
     @overload
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    def complete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                  stream: Literal[False] = ..., **params: Any) -> Response: ...
 
     @overload
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    def complete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                  stream: Literal[True], **params: Any) -> Stream: ...
 
-    def complete(self, messages: list[dict[str, Any]], *, chain: str = "default", deadline: float | None = None,
+    def complete(self, messages: list[dict[str, Any]], chain: str = "default", deadline: float | None = None, *,
                  stream: bool = False, **params: Any) -> Response | Stream:
         """Answer a chat request from the first target of `chain` that can.
 
@@ -86,15 +89,15 @@ class Router:
         return stream_sync(walk) if walk.request.stream else walk_sync(walk)
 
     @overload
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                         stream: Literal[False] = ..., **params: Any) -> Response: ...
 
     @overload
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = ..., deadline: float | None = ...,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = ..., deadline: float | None = ..., *,
                         stream: Literal[True], **params: Any) -> AsyncStream: ...
 
-    async def acomplete(self, messages: list[dict[str, Any]], *, chain: str = "default",
-                        deadline: float | None = None, stream: bool = False,
+    async def acomplete(self, messages: list[dict[str, Any]], chain: str = "default",
+                        deadline: float | None = None, *, stream: bool = False,
                         **params: Any) -> Response | AsyncStream:
         """`complete` for asyncio: litellm's async API for remote targets, the local tier in
         a worker thread. Cancelling the caller cancels the attempt and counts against nothing.
@@ -151,6 +154,9 @@ class Router:
     # -- helpers -------------------------------------------------------------------------
 
     def _chain(self, name: str) -> ChainConfig:
+        if not isinstance(name, str):
+            raise InvalidRequest(f"chain must be the name of a configured chain (a string), got {name!r}; "
+                                 f"configured chains: {', '.join(self.config.chains)}")
         try:
             return self.config.chains[name]
         except KeyError:
@@ -167,9 +173,7 @@ class Router:
     def _deadline(self, seconds: float | None) -> Deadline:
         if seconds is None:
             return Deadline(self.config.deadline)
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-            raise InvalidRequest(f"deadline must be a number of seconds > 0, got {seconds!r}")
-        return Deadline(seconds)
+        return Deadline(check_deadline(seconds))
 
     def __repr__(self) -> str:
         return f"Router(source={self.config.source!r}, chains={list(self.config.chains)})"

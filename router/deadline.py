@@ -7,12 +7,13 @@ Time in the router has three words, each with one meaning:
   `first_token_timeout`, `stream_idle_timeout`), usually cut to what a deadline leaves;
 - a *wait* is seconds slept on purpose (backoff, Retry-After).
 
-On the monotonic clock: wall-clock jumps never stretch or shrink a deadline.
+On the monotonic clock (clock.py, which `router advise --replay` swaps for a simulated
+one): wall-clock jumps never stretch or shrink a deadline.
 """
 
 from __future__ import annotations
 
-import time
+from . import clock
 
 
 class Deadline:
@@ -21,18 +22,18 @@ class Deadline:
     __slots__ = ("end",)
 
     def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
+        self.end = clock.monotonic() + seconds
 
     def remaining(self) -> float:
         """Seconds left; zero or less once passed."""
-        return self.end - time.monotonic()
+        return self.end - clock.monotonic()
 
     def passed(self) -> bool:
-        return time.monotonic() >= self.end
+        return clock.monotonic() >= self.end
 
     def cap(self, timeout: float) -> float:
         """`timeout`, or what is left when that is less (never negative)."""
-        return max(0.0, min(timeout, self.end - time.monotonic()))
+        return max(0.0, min(timeout, self.end - clock.monotonic()))
 
     def __repr__(self) -> str:
         return f"Deadline(remaining={self.remaining():.3f})"

@@ -1,13 +1,17 @@
 """The exceptions a caller of the router can see.
 
 Every error the router raises on its own account derives from `RouterError`.
-Provider errors are never swallowed: they stay reachable as `__cause__` and, for a
-failed call, in `AllTargetsFailed.errors`.
+Provider errors are never swallowed, but never passed on raw either: a provider's
+exception holds its HTTP request (Authorization header included) and often quotes the key
+in its text, and an application that logs `exc.errors` or the `__cause__` chain would write
+the key to its logs. What is passed on (`__cause__`, `AllTargetsFailed.errors`) is a
+`ProviderError`: the original class name, HTTP status, provider error code, outcome and a
+redacted message, and nothing else.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .response import Attempt, Route
@@ -32,14 +36,50 @@ class InvalidRequest(RouterError, ValueError):
     """The request itself is malformed; raised before any network call."""
 
 
+class ProviderError(RouterError):
+    """A target's failure, redacted: what a debugger needs without the secret.
+
+    `type` is the original exception's class name, and so is this object's own class name
+    (a subclass made per name), so `type(exc.__cause__).__name__` reads as before.
+    """
+
+    def __init__(self, message: str, *, type: str, status: int | None = None, code: str | None = None,
+                 outcome: str = "", target: str = "") -> None:
+        self.type = type
+        self.status = status
+        self.code = code
+        self.outcome = outcome
+        self.target = target
+        self.message = message
+        super().__init__(message)
+
+    def __repr__(self) -> str:
+        facts = "".join(f", {k}={v!r}" for k, v in (("status", self.status), ("code", self.code),
+                                                     ("outcome", self.outcome), ("target", self.target)) if v)
+        return f"{self.type}({self.message!r}{facts})"
+
+
+_PROVIDER_ERROR_CLASSES: dict[str, type[ProviderError]] = {}
+
+
+def provider_error(type_name: str, message: str, **facts: Any) -> ProviderError:
+    """A `ProviderError` whose class is named like the original exception's."""
+    cls = _PROVIDER_ERROR_CLASSES.get(type_name)
+    if cls is None:
+        name = type_name if type_name.isidentifier() else "ProviderError"
+        cls = type(name, (ProviderError,), {"__module__": __name__, "__qualname__": name})
+        _PROVIDER_ERROR_CLASSES[type_name] = cls
+    return cls(message, type=type_name, **facts)
+
+
 class AllTargetsFailed(RouterError):
     """No target of the chain produced an answer.
 
     `route.attempts` holds every attempt; `errors` maps each target that was tried to
-    the last exception it raised (the provider's own exception, not a wrapper).
+    its last failure, as a redacted `ProviderError` (also chained as `__cause__`).
     """
 
-    def __init__(self, chain: str, route: Route, errors: dict[str, BaseException]) -> None:
+    def __init__(self, chain: str, route: Route, errors: dict[str, ProviderError]) -> None:
         self.chain = chain
         self.route = route
         self.errors = errors

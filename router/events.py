@@ -6,13 +6,16 @@ otherwise ignored: observing a call must never break it. With no listener regist
 no event object is even built.
 
 Events, by `name`, and the fields each sets:
-  attempt           target, chain, outcome, status, error, latency_s, wait_s, detail (every try and skip)
+  attempt           target, chain, outcome, status, error, latency_s, wait_s, detail (every try and skip),
+                    timeout_s, first_token_s (streams), retry_after_s (a 429 that said)
   retry             target, chain, outcome (that caused it), wait_s (the backoff about to be slept)
   failover          target (left behind), chain, outcome (why)
   circuit           target, old_state, new_state
   budget_exhausted  target, chain (a retry the retry budget refused)
   degraded          target, chain (a degraded target answered)
   call              chain, served_by, outcome ("ok", "static" or "failed"), latency_s (the whole call)
+Every event of a call but `circuit` carries its `call_id`; every event has `time` (epoch
+seconds). `router advise` (advise.py) reads these back from the JSON log.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class Event:
     new_state: str | None = None
     served_by: str | None = None
     detail: str | None = None
+    call_id: str | None = None  # the same for every event of one call
+    timeout_s: float | None = None  # the attempt's timeout (its target's, or less when the deadline cut it)
+    first_token_s: float | None = None  # streams: request to first content
+    retry_after_s: float | None = None  # what the provider asked us to wait (a 429's Retry-After)
     time: float = field(default_factory=time.time)
 
     def fields(self) -> dict[str, Any]:

@@ -83,9 +83,10 @@ class Guard:
     def flag_misconfigured(self, failure: Failure, detail: str) -> None:
         """Loudly, once per distinct detail: a wrong key, model or URL is an operator's job."""
         if self.misconfigured != detail:
-            log.error("router: target %r looks misconfigured (%s%s): %s; check its api_key, model "
-                      "and api_base", self.name, type(failure.error).__name__,
-                      f" {failure.status}" if failure.status else "", detail)
+            advice = ("check its api_key, model and api_base" if self.config.is_remote else
+                      "check its model_path (`router models pull` fetches the default model)")
+            log.error("router: target %r looks misconfigured (%s%s): %s; %s", self.name,
+                      type(failure.error).__name__, f" {failure.status}" if failure.status else "", detail, advice)
         self.misconfigured = detail
 
     def status(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -39,6 +40,8 @@ class Outcome(str, Enum):
     CONTENT_POLICY = "content_policy"
     MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
+    UNSENT = "unsent"  # failed in our process (the provider SDK's client side) before any request left
+    UNSUPPORTED = "unsupported"  # the target cannot serve this kind of request (tools on the local tier)
     CANCELLED = "cancelled"  # the caller gave up
     # why a target was passed over without a request
     CIRCUIT_OPEN = "circuit_open"
@@ -70,6 +73,10 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
+    # No request reached the provider: the provider is not to blame and a retry would fail
+    # the same way; another target (another SDK transform) may still manage.
+    Outcome.UNSENT: Handling(retry=False, counts=False, fail_over=True),
+    Outcome.UNSUPPORTED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
     # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
     Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),
@@ -85,6 +92,7 @@ class Failure:
     status: int | None = None
     retry_after: float | None = None  # seconds the provider asked us to wait
     message: str = ""
+    code: str | None = None  # the provider's own error code ("invalid_api_key", ...), when it sent one
 
     @property
     def handling(self) -> Handling:
@@ -114,8 +122,11 @@ class TargetFailure(Exception):
     """Raised by our own targets (the local tier) for failures that are not exceptions of
     a provider SDK: it says its outcome outright."""
 
-    def __init__(self, outcome: Outcome, message: str) -> None:
+    def __init__(self, outcome: Outcome, message: str, *, status: int | None = None,
+                 retry_after: float | None = None) -> None:
         self.outcome = outcome
+        self.status = status
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -132,6 +143,10 @@ _LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+Exceptio
 _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
                     "too many tokens", "prompt is too long")
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
+_SDK_PATH = re.compile(r"[/\\](?:litellm|openai)[/\\]")
+# A provider's Retry-After is believed up to an hour: 1e12 s would overflow the clocks and
+# waits it feeds, and a circuit kept open for an hour re-checks the provider soon enough.
+MAX_RETRY_AFTER_S = 3600.0
 
 
 def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
@@ -150,11 +165,13 @@ def _classify(exc: BaseException) -> Failure:
     if isinstance(exc, _CANCELLATION):
         return Failure(Outcome.CANCELLED, exc, message=_plain_message(exc))
     if isinstance(exc, TargetFailure):
-        return Failure(exc.outcome, exc, message=str(exc))
+        return Failure(exc.outcome, exc, status=exc.status, retry_after=exc.retry_after, message=str(exc))
 
     chain = list(_chain(exc))
     names = {cls.__name__ for link in chain for cls in type(link).__mro__}
     message = _provider_message(chain)
+    if _unsent(chain, names):
+        return Failure(Outcome.UNSENT, exc, message=f"the request could not be sent: {message}")
     # Network-level causes first: litellm gives connection errors a made-up status 500.
     if names & _UNREACHABLE_NAMES:
         return Failure(Outcome.UNREACHABLE, exc, message=message)
@@ -168,9 +185,11 @@ def _classify(exc: BaseException) -> Failure:
     status = _status_of(chain)
     if status is None:
         return Failure(Outcome.TRANSIENT, exc, message=message)
-    return Failure(_outcome_of_status(status, names, message), exc, status=status,
-                   retry_after=retry_after_seconds(_headers_of(chain)) if status == 429 else None,
-                   message=message)
+    retry_after = retry_after_seconds(_headers_of(chain)) if status == 429 else None
+    if retry_after is not None:
+        retry_after = min(retry_after, MAX_RETRY_AFTER_S)
+    return Failure(_outcome_of_status(status, names, message), exc, status=status, retry_after=retry_after,
+                   message=message, code=_provider_code(chain))
 
 
 def _outcome_of_status(status: int, names: set[str], message: str) -> Outcome:
@@ -199,8 +218,33 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or link.__context__
 
 
+def _unsent(chain: list[BaseException], names: set[str]) -> bool:
+    """True when the failure happened inside the provider SDK before any request left.
+
+    Judged by where the innermost error was raised, since litellm wraps its own client-side
+    bugs (a content part it cannot transform, a string JSON cannot encode) in the same
+    exception classes, with a made-up status 500, as a provider's 500: a plain Python error
+    (TypeError, AttributeError, KeyError, UnicodeError, a bare Exception from litellm's own
+    message checks) raised in litellm's or the OpenAI SDK's code, not while reading a
+    response (no frame named *response*), with no network error and no undecodable body
+    anywhere in the chain. A malformed reply fails in litellm's response conversion and
+    stays `transient`; the local tier raises its own outcomes.
+    """
+    if names & (_UNREACHABLE_NAMES | _TIMEOUT_NAMES | _RESET_NAMES):
+        return False
+    root = chain[-1]
+    if type(root).__module__ != "builtins" or isinstance(root, (OSError, json.JSONDecodeError)):
+        return False
+    codes = [frame.f_code for frame, _ in traceback.walk_tb(root.__traceback__)]  # no source lines read
+    in_sdk = any(_SDK_PATH.search(code.co_filename) for code in codes)
+    return in_sdk and not any("response" in code.co_name.lower() for code in codes)
+
+
 def _status_of(chain: list[BaseException]) -> int | None:
-    for link in chain:
+    """The HTTP status the provider sent: the innermost link's (litellm rewrites some, such
+    as OpenAI's 413 "Request too large", which reaches us as a RateLimitError with 429,
+    but keeps the original exception, and its response, in the chain)."""
+    for link in reversed(chain):
         names = {cls.__name__ for cls in type(link).__mro__}
         if names & _CONNECTION_WRAPPERS:
             continue
@@ -208,6 +252,19 @@ def _status_of(chain: list[BaseException]) -> int | None:
                        getattr(getattr(link, "response", None), "status_code", None)):
             if isinstance(status, int):
                 return status
+    return None
+
+
+def _provider_code(chain: list[BaseException]) -> str | None:
+    for link in chain:
+        code = getattr(link, "code", None)
+        if isinstance(code, str) and code:
+            return code
+        body = getattr(link, "body", None)
+        inner = body.get("error", body) if isinstance(body, Mapping) else None
+        code = inner.get("code") if isinstance(inner, Mapping) else None
+        if isinstance(code, str) and code:
+            return code
     return None
 
 

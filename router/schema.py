@@ -14,8 +14,16 @@ from typing import Any
 from .redact import Secret
 
 
+# Every configured duration is at most one day: a larger one is a typo (or 1e12), and
+# past ~1e9 s the clocks, sockets and thread waits that use it overflow.
+MAX_DURATION_S = 86400.0
+
+
 def _at_least(n: float) -> dict[str, Any]:
     return {"min": n}
+
+
+_DURATION: dict[str, Any] = {"min": 0.0, "max": MAX_DURATION_S}
 
 
 @dataclass(frozen=True)
@@ -33,9 +41,9 @@ class RetryPolicy:
     """How one target is retried: full-jitter backoff, Retry-After bounded."""
 
     attempts: int = field(default=3, metadata=_at_least(1))  # tries of one target, first included
-    min_wait: float = 0.5  # first backoff window; it doubles up to max_wait
-    max_wait: float = 8.0
-    max_retry_after: float = 20.0  # a longer Retry-After fails over instead of waiting
+    min_wait: float = field(default=0.5, metadata=_DURATION)  # first backoff window; it doubles up to max_wait
+    max_wait: float = field(default=8.0, metadata=_DURATION)
+    max_retry_after: float = field(default=20.0, metadata=_DURATION)  # a longer Retry-After fails over instead
     retry_on_timeout: bool = False
     budget: RetryBudgetPolicy = RetryBudgetPolicy()
 
@@ -45,7 +53,7 @@ class BreakerPolicy:
     """When one target's circuit opens, and how it closes again."""
 
     fail_max: int = field(default=5, metadata=_at_least(1))
-    reset_timeout: float = 60.0
+    reset_timeout: float = field(default=60.0, metadata=_DURATION)
     success_threshold: int = field(default=1, metadata=_at_least(1))
     half_open_max_calls: int = field(default=1, metadata=_at_least(1))
 
@@ -63,6 +71,8 @@ class LocalOptions:
     pool_size: int = field(default=1, metadata=_at_least(1))
     max_queue: int = field(default=16, metadata=_at_least(0))
     context_policy: str = field(default="truncate", metadata={"choices": ("truncate", "reject")})
+    # a request offering tools: "skip" this target (outcome unsupported) or "drop" the tools and answer
+    on_tools: str = field(default="skip", metadata={"choices": ("skip", "drop")})
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.closed = False  # by the caller: nothing more is delivered, held chunks included
         if opened is not None:
             self.switch(opened)
 
@@ -136,7 +137,7 @@ class _StreamCore:
     def replace(self, exc: BaseException, broken: TargetConfig, replacement: _Opened | None) -> None:
         """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
         if replacement is None:
-            raise self.interrupted(exc, broken) from exc
+            raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
         self.switch(replacement)
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
@@ -148,6 +149,8 @@ class _StreamCore:
 
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
+        self.closed = True
+        self.prelude.clear()
         if self.opened is not None:
             self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
@@ -178,7 +181,7 @@ class Stream(_StreamShell):
 
     def __next__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -196,12 +199,13 @@ class Stream(_StreamShell):
                 continue
             if chunk is not None:
                 return chunk
+        raise StopIteration
 
     def close(self) -> None:
         opened = self._core.opened
         if opened is not None:
             opened.source.close()
-            self._core.abandon()
+        self._core.abandon()
 
     def __enter__(self) -> Stream:
         return self
@@ -222,7 +226,7 @@ class AsyncStream(_StreamShell):
 
     async def __anext__(self) -> Chunk:
         core = self._core
-        while True:
+        while not core.closed:
             chunk = core.next_held()
             if chunk is not None:
                 return chunk
@@ -240,12 +244,13 @@ class AsyncStream(_StreamShell):
                 continue
             if chunk is not None:
                 return chunk
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         opened = self._core.opened
         if opened is not None:
             await opened.source.aclose()
-            self._core.abandon()
+        self._core.abandon()
 
     async def __aenter__(self) -> AsyncStream:
         return self
@@ -270,10 +275,12 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Open
     def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
-            return source, _first_content_sync(_Prelude(walk, member, admission), source.next)
+            prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
         except BaseException:
             source.close()
             raise
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(chain_sync(walk, members, attempt))
 
@@ -282,10 +289,12 @@ async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -
     async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
         source = _async_source(walk, member, admission, partial)
         try:
-            return source, await _first_content_async(_Prelude(walk, member, admission), source.anext)
+            prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
         except BaseException:
             await source.aclose()
             raise
+        walk.first_token(admission)
+        return source, prelude
 
     return _opened(await chain_async(walk, members, attempt))
 

@@ -23,13 +23,14 @@ sleep functions) for each call.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .breaker import CircuitOpen, Ticket
 from .deadline import Deadline
-from .errors import AllTargetsFailed, ContentRejected
+from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
 from .events import Events
 from .guard import Guard
 from .outcomes import Failure, Handling, Outcome, TargetFailure, classify, handle
@@ -103,11 +104,13 @@ class Walk:
         self.deadline = deadline
         self.crew = crew
         self.route = Route(chain=chain.name)
-        self.errors: dict[str, BaseException] = {}
+        self.errors: dict[str, ProviderError] = {}
         self._events = crew.events
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
+        self._first_token_s: float | None = None  # of the stream being opened
+        self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -162,7 +165,8 @@ class Walk:
     def succeeded(self, member: Member, admission: Admission) -> None:
         member.guard.succeeded(admission.ticket)
         self.record(Attempt(member.config.name, Outcome.OK.value,
-                            latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()))
+                            latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
+                    timeout_s=admission.timeout, first_token_s=self._take_first_token())
 
     def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
         """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
@@ -172,7 +176,9 @@ class Walk:
         handling = handle(failure, config.retry, self.chain)
         member.guard.failed(admission.ticket, handling)
         self.record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
-                            time.perf_counter() - admission.started, self._take_wait(), self.detail(failure.message)))
+                            time.perf_counter() - admission.started, self._take_wait(), self.detail(failure.message)),
+                    timeout_s=admission.timeout, first_token_s=self._take_first_token(),
+                    retry_after_s=failure.retry_after)
         if failure.outcome is Outcome.CANCELLED:
             raise exc
         return Verdict(failure, handling)
@@ -188,7 +194,16 @@ class Walk:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
         member.guard.released(admission.ticket)
         self.record(Attempt(member.config.name, Outcome.CANCELLED.value,
-                            latency_s=time.perf_counter() - admission.started, detail=detail))
+                            latency_s=time.perf_counter() - admission.started, detail=detail),
+                    timeout_s=admission.timeout, first_token_s=self._take_first_token())
+
+    def first_token(self, admission: Admission) -> None:
+        """A stream's first content arrived: its delay goes on the attempt's event."""
+        self._first_token_s = time.perf_counter() - admission.started
+
+    def _take_first_token(self) -> float | None:
+        taken, self._first_token_s = self._first_token_s, None
+        return taken
 
     def _take_wait(self) -> float:
         waited, self._waited = self._waited, 0.0
@@ -200,25 +215,27 @@ class Walk:
         self._waited = wait
         if self._events.active:
             self._events.emit("retry", target=member.config.name, chain=self.chain.name, wait_s=wait,
-                              outcome=failure.outcome.value)
+                              outcome=failure.outcome.value, call_id=self.call_id)
 
     def circuit_open(self, member: Member, exc: CircuitOpen) -> None:
         name = member.config.name
         self.record(Attempt(name, Outcome.CIRCUIT_OPEN.value, detail=str(exc), waited_s=self._take_wait()))
-        self._events.emit("failover", target=name, chain=self.chain.name, outcome=Outcome.CIRCUIT_OPEN.value)
+        self._events.emit("failover", target=name, chain=self.chain.name, outcome=Outcome.CIRCUIT_OPEN.value,
+                          call_id=self.call_id)
 
     def gave_up(self, member: Member, verdict: Verdict) -> None:
         """Note why a target gave up; raise when the outcome must not fail over."""
         config, failure = member.config, verdict.failure
-        self.errors[config.name] = failure.error
+        self.errors[config.name] = self.redacted(failure, config.name)
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
             member.guard.flag_misconfigured(failure, self.detail(failure.message))
         if not verdict.handling.fail_over:  # content policy (cancellation never gets here)
             self.finish("failed")
-            raise ContentRejected(config.name, self.detail(failure.message), self.route) from failure.error
-        self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value)
+            raise ContentRejected(config.name, self.detail(failure.message), self.route) from self.errors[config.name]
+        self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value,
+                          call_id=self.call_id)
 
     def answer(self, won: Won[Response]) -> Response:
         """A plain call's answer: the attempt succeeded, and the call is over."""
@@ -242,6 +259,13 @@ class Walk:
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
+    def redacted(self, failure: Failure | BaseException, target: str = "") -> ProviderError:
+        """What may leave the router of a failure: never the provider's exception itself."""
+        if isinstance(failure, BaseException):
+            failure = classify(failure)
+        return provider_error(type(failure.error).__name__, self.detail(failure.message), status=failure.status,
+                              code=failure.code, outcome=failure.outcome.value, target=target)
+
     def detail(self, message: str) -> str:
         text = self.crew.redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
@@ -251,16 +275,21 @@ class Walk:
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
             if self.route.degraded and outcome != "failed":
-                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name)
+                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name,
+                                  call_id=self.call_id)
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
-                              served_by=self.route.served_by if outcome != "failed" else None)
+                              served_by=self.route.served_by if outcome != "failed" else None,
+                              call_id=self.call_id)
 
-    def record(self, attempt: Attempt) -> None:
+    def record(self, attempt: Attempt, **measured: float | None) -> None:
+        """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
+        retry_after_s, for the event only (advise.py reads them)."""
         self.route.attempts.append(attempt)
         if self._events.active:
             self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,
                               status=attempt.status, error=attempt.error, latency_s=attempt.latency_s,
-                              wait_s=attempt.waited_s or None, detail=attempt.detail)
+                              wait_s=attempt.waited_s or None, detail=attempt.detail, call_id=self.call_id,
+                              **measured)
 
 
 class Tries:
@@ -321,7 +350,8 @@ class Tries:
     def refused(self) -> bool:
         reason = self.member.guard.retry_refusal()
         if reason == "budget_exhausted" and self.walk.crew.events.active:
-            self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name)
+            self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
+                                       call_id=self.walk.call_id)
         return reason is not None
 
 

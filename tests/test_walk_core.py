@@ -85,6 +85,8 @@ TABLE = {  # outcome: (retry, counts, fail_over), as the README's table says
     Outcome.NO_CAPACITY: (False, False, True),
     Outcome.CANCELLED: (False, False, False),
     Outcome.DEADLINE: (False, False, True),
+    Outcome.UNSENT: (False, False, True),  # failed inside our process before a request left it
+    Outcome.UNSUPPORTED: (False, False, True),  # the target cannot serve this request (tools, locally)
 }
 
 

@@ -8,7 +8,12 @@ llama.cpp error or a silently truncated answer:
 - a full pool and queue, or a queue wait past the timeout, is NO_CAPACITY;
 - a prompt that cannot fit `n_ctx` with the requested `max_tokens` is CONTEXT_TOO_LONG
   (after dropping the oldest turns when `context_policy: truncate`);
-- generation still running when the attempt's timeout is spent is SILENT.
+- generation still running when the attempt's timeout is spent is SILENT, unless waiting
+  for a free model took a tenth of that timeout or more: then the pool's queue, not the
+  model, ate the time, and it is NO_CAPACITY (counted against nothing: a burst of callers
+  must not open the last resort's circuit);
+- a request offering tools is UNSUPPORTED (the model writes prose, never tool_calls), or,
+  with `on_tools: drop`, answered without them and a route note saying so.
 
 A `llama_cpp.Llama` is not thread-safe, and loading one costs time and memory, so each
 model is loaded once per process into a `_ModelPool` of `pool_size` instances that calls
@@ -35,13 +40,14 @@ from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
 from . import Note, Target
-from .local_call import CancellableChunks, LocalCall, WorkerThreads
+from .local_call import CancellableChunks, LocalCall, WorkerThreads, stoppable_llama_class
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
 # (user, n, tools for a remote model, ...) is dropped rather than failing the fallback.
 _PASSED_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty",
                             "frequency_penalty", "repeat_penalty", "response_format", "logit_bias"})
 _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template cannot be rendered
+_QUEUE_SHARE = 0.1  # a cut generation that queued this share of its timeout is no_capacity, not silent
 
 
 class LocalTarget(Target):
@@ -107,10 +113,17 @@ class LocalTarget(Target):
         deadline and cancellation armed; llama.cpp's own errors and a spent deadline come
         out as `TargetFailure`. Queueing and generating share the call's one deadline."""
         opts = self.options
+        if request.wants_tools:
+            if opts.on_tools == "skip":
+                raise TargetFailure(Outcome.UNSUPPORTED, "the local model cannot call tools: skipped "
+                                                         "(on_tools: drop answers without them)")
+            note("tools dropped: the local model answers in prose, without tool_calls")
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
-        with pool.slot(max_queue=opts.max_queue, deadline=call.deadline, call=call) as llm:
+        timeout, deadline = call.timeout, call.deadline
+        with pool.slot(max_queue=opts.max_queue, deadline=deadline, call=call) as llm:
+            queued = timeout - deadline.remaining()
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
@@ -125,8 +138,12 @@ class LocalTarget(Target):
                 llm.call = None
             if call.cancelled:
                 raise TargetFailure(Outcome.CANCELLED, "the caller cancelled the local call")
+            if llm.timed_out and queued >= _QUEUE_SHARE * timeout:
+                raise TargetFailure(Outcome.NO_CAPACITY, f"local model cut off after {timeout - queued:.2f} s of "
+                                                         f"generation: {queued:.2f} s of its {timeout:g} s timeout "
+                                                         f"went to waiting for a free model")
             if llm.timed_out:
-                raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {call.timeout:g} s")
+                raise TargetFailure(Outcome.SILENT, f"local model exceeded its timeout of {timeout:g} s")
 
     def __repr__(self) -> str:
         return f"LocalTarget({self.config.name!r}, model_path={self.options.model_path!r})"
@@ -311,7 +328,7 @@ def _load_pool(opts: LocalOptions) -> _ModelPool:
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    cls = _deadline_llama_class(llama_cpp)
+    cls = stoppable_llama_class(llama_cpp)
     kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "n_threads": opts.n_threads or os.cpu_count() or 1,
                               "verbose": False}
     if opts.chat_format is not None:
@@ -331,37 +348,6 @@ def _load_pool(opts: LocalOptions) -> _ModelPool:
         formatter = Jinja2ChatFormatter(template=template, eos_token=token_text(first.token_eos()),
                                         bos_token=token_text(first.token_bos()))
     return _ModelPool(models, formatter)
-
-
-_LLAMA_CLASS: Any = None
-
-
-def _deadline_llama_class(llama_cpp: Any) -> Any:
-    """A `Llama` whose completions also stop when its `call` is over (deadline or cancel).
-
-    `create_chat_completion` takes no `stopping_criteria`, but every chat handler ends in
-    `self.create_completion(..., stopping_criteria=...)`: adding ours there bounds the
-    generation of any chat format, checked between two tokens. `call` is set per call by
-    the one thread that has borrowed the instance; `timed_out` tells that call that it was
-    stopped from outside, not by the model.
-    """
-    global _LLAMA_CLASS
-    if _LLAMA_CLASS is None:
-        class DeadlineLlama(llama_cpp.Llama):
-            call: LocalCall | None = None
-            timed_out = False
-
-            def create_completion(self, *args: Any, stopping_criteria: Any = None, **kwargs: Any) -> Any:
-                criteria = llama_cpp.StoppingCriteriaList([self._past_deadline, *(stopping_criteria or ())])
-                return super().create_completion(*args, stopping_criteria=criteria, **kwargs)
-
-            def _past_deadline(self, _tokens: Any, _logits: Any) -> bool:
-                if self.call is not None and self.call.over():
-                    self.timed_out = True
-                return self.timed_out
-
-        _LLAMA_CLASS = DeadlineLlama
-    return _LLAMA_CLASS
 
 
 # -- request translation ------------------------------------------------------------------

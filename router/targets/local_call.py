@@ -1,4 +1,5 @@
-"""One local call's clock and cancellation, and running it from asyncio.
+"""One local call's clock and cancellation: the model that stops on them between two
+tokens (`stoppable_llama_class`), and running a call from asyncio.
 
 llama.cpp generates in a blocking C loop, so an `acomplete` to the local tier runs in a
 worker thread. Two things then need care, both measured on this project's 2 cores:
@@ -106,3 +107,34 @@ class WorkerThreads:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix=self._name)
             return self._executor
+
+
+_LLAMA_CLASS: Any = None
+
+
+def stoppable_llama_class(llama_cpp: Any) -> Any:
+    """A `Llama` whose completions also stop when its `call` is over (deadline or cancel).
+
+    `create_chat_completion` takes no `stopping_criteria`, but every chat handler ends in
+    `self.create_completion(..., stopping_criteria=...)`: adding ours there bounds the
+    generation of any chat format, checked between two tokens. `call` is set per call by
+    the one thread that has borrowed the instance; `timed_out` tells that call that it was
+    stopped from outside, not by the model.
+    """
+    global _LLAMA_CLASS
+    if _LLAMA_CLASS is None:
+        class DeadlineLlama(llama_cpp.Llama):
+            call: LocalCall | None = None
+            timed_out = False
+
+            def create_completion(self, *args: Any, stopping_criteria: Any = None, **kwargs: Any) -> Any:
+                criteria = llama_cpp.StoppingCriteriaList([self._past_deadline, *(stopping_criteria or ())])
+                return super().create_completion(*args, stopping_criteria=criteria, **kwargs)
+
+            def _past_deadline(self, _tokens: Any, _logits: Any) -> bool:
+                if self.call is not None and self.call.over():
+                    self.timed_out = True
+                return self.timed_out
+
+        _LLAMA_CLASS = DeadlineLlama
+    return _LLAMA_CLASS

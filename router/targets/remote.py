@@ -14,6 +14,7 @@ from typing import Any
 
 from ..schema import TargetConfig
 from ..request import Request
+from ..outcomes import Outcome, TargetFailure
 from ..response import Response
 from . import Note, Target
 from .sdk_clients import SdkClients
@@ -56,12 +57,12 @@ class RemoteTarget(Target):
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         litellm = litellm_module()
         raw = litellm.completion(**self._arguments(request, timeout, self._clients.sync()))
-        return Response.from_openai(raw)
+        return _answer(raw)
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
         litellm = litellm_module()
         raw = await litellm.acompletion(**self._arguments(request, timeout, self._clients.for_running_loop()))
-        return Response.from_openai(raw)
+        return _answer(raw)
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
@@ -113,3 +114,12 @@ class AbortableChunks:
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed: nothing left to wake
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _answer(raw: Any) -> Response:
+    """The provider's reply, or TRANSIENT when it is a 200 without an answer: litellm
+    passes `"choices": []` through as an empty success, which would end the chain walk."""
+    response = Response.from_openai(raw)
+    if not response.choices:
+        raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
+    return response

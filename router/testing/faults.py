@@ -20,6 +20,15 @@ CONTEXT_TOO_LONG_MESSAGE = (
     "resulted in 9000 tokens. Please reduce the length of the messages."
 )
 CONTENT_POLICY_MESSAGE = "Your request was rejected as a result of our safety system."
+# OpenAI's 413 for a request above the tokens-per-minute limit: a size error that says
+# "rate_limit_exceeded" (litellm turns it into a RateLimitError with status 429).
+REQUEST_TOO_LARGE_MESSAGE = (
+    "Request too large for gpt-4o in organization org-fault on tokens per min (TPM): Limit 30000, "
+    "Requested 45000. The input or output tokens must be reduced in order to run successfully. "
+    "Visit https://platform.openai.com/account/rate-limits to learn more."
+)
+# In a `status` message, replaced by the request's Authorization header (a provider quoting the key back).
+AUTHORIZATION = "{authorization}"
 
 
 def _kind(name: str) -> Any:
@@ -47,6 +56,15 @@ class Status:
     error_type: Optional[str] = None
     error_code: Optional[str] = None
     kind: str = _kind("status")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Answer HTTP ``code`` with exactly this JSON ``body`` (replies no provider should send)."""
+
+    body: Any = None
+    code: int = 200
+    kind: str = _kind("reply")
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,7 @@ class RecoverAfter:
     kind: str = _kind("recover_after")
 
 
-Fault = Union[Ok, Status, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter]
+Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter]
 """Any fault description accepted by the server."""
 
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
@@ -188,6 +206,27 @@ def content_policy() -> Status:
     return status(400, message=CONTENT_POLICY_MESSAGE, error_code="content_policy_violation")
 
 
+def request_too_large() -> Status:
+    """OpenAI's 413 "Request too large" (type ``tokens``, code ``rate_limit_exceeded``)."""
+    return status(413, message=REQUEST_TOO_LARGE_MESSAGE, error_type="tokens", error_code="rate_limit_exceeded")
+
+
+def quoting_key(code: int = 401) -> Status:
+    """An error whose text quotes the request's Authorization header back, key and all."""
+    return status(code, message=f"Invalid Authorization header: {AUTHORIZATION}", error_code="invalid_api_key")
+
+
+def reply(body: Any, *, code: int = 200) -> Reply:
+    """Answer ``code`` with ``body`` as JSON, verbatim."""
+    return Reply(body=body, code=int(code))
+
+
+def no_choices() -> Reply:
+    """A 200 completion whose ``choices`` is empty: well-formed JSON, no answer."""
+    return reply({"id": "chatcmpl-empty", "object": "chat.completion", "created": 0, "model": "fault",
+                  "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}})
+
+
 def hang(seconds: Optional[float] = None) -> Hang:
     """Read the request and send nothing; close after ``seconds`` (None: until server stop
     or until the client hangs up)."""
@@ -246,7 +285,7 @@ def recover_after(seconds: float, fault: Fault, *, then: Fault = Ok()) -> Recove
 
 
 _CONSTRUCTORS: dict[str, Callable[..., Fault]] = {
-    "ok": ok, "status": status, "hang": hang, "reset": reset, "malformed": malformed,
+    "ok": ok, "status": status, "reply": reply, "hang": hang, "reset": reset, "malformed": malformed,
     "stream": stream, "flaky": flaky, "recover_after": recover_after,
 }
 

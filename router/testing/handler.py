@@ -94,8 +94,14 @@ class _FaultHandler(BaseHTTPRequestHandler):
         if fault.retry_after_ms is not None:
             headers.append(("retry-after-ms", _header_number(fault.retry_after_ms)))
         headers.extend((fault.headers or {}).items())
-        error = _error_body(fault.message, fault.error_type, fault.error_code)
+        message = fault.message
+        if message and faults.AUTHORIZATION in message:
+            message = message.replace(faults.AUTHORIZATION, self.headers.get("Authorization", ""))
+        error = _error_body(message, fault.error_type, fault.error_code)
         self._send_json(fault.code, error, headers)
+
+    def _play_reply(self, fault: faults.Reply, body: dict) -> None:
+        self._send_json(fault.code, fault.body)
 
     def _play_hang(self, fault: faults.Hang, body: dict) -> None:
         self._sleep(fault.seconds)
@@ -242,7 +248,7 @@ def _prompt_words(body: dict) -> int:
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
         if isinstance(content, str):
             words += len(content.split())
     return words
