@@ -14,6 +14,10 @@
   `litellm.acompletion`: requests per second (module ``asyncload``).
 - ``fleet``: 4 processes x 4 threads against a dead primary, circuit state in memory vs
   shared in Redis: how many requests reach the primary; and the happy-path cost of Redis.
+- ``ratelimit``: a provider allowing 20 requests per sliding second, 300 requests from 8
+  threads with a fallback: ours with `rate_limit: {rpm: 1200, max_wait: 2}` vs
+  `litellm.Router` with `rpm` vs ours without a limit: 429s provoked, share served by the
+  primary, wall time; then 2 processes sharing the limit through Redis.
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete

@@ -134,6 +134,9 @@ class ControlledServer(FaultServerHandle):
     def count(self, model: str | None = None) -> int:
         return int(self._ask({"op": "count", "model": model})["count"])
 
+    def statuses(self, model: str | None = None) -> dict[int, int]:
+        return {int(k): v for k, v in self._ask({"op": "statuses", "model": model})["statuses"].items()}
+
     def close(self) -> None:
         if self._proc.poll() is None:
             assert self._proc.stdin is not None

@@ -7,6 +7,7 @@ command per stdin line with one JSON line on stdout:
 
     {"op": "script", "model": "p", "steps": [{"kind": "status", "code": 503}]} -> {"ok": true}
     {"op": "count", "model": "p"}                                              -> {"count": 12}
+    {"op": "statuses", "model": "p"}                                           -> {"statuses": {"200": 9, "429": 3}}
     {"op": "reset"}                                                            -> {"ok": true}
 
 The first line printed is the server's base URL. EOF on stdin stops the server.
@@ -35,6 +36,8 @@ def main() -> int:
                     answer = {"ok": True}
                 elif op == "count":
                     answer = {"count": server.count(command.get("model"))}
+                elif op == "statuses":
+                    answer = {"statuses": server.statuses(command.get("model"))}
                 elif op == "reset":
                     server.reset()
                     answer = {"ok": True}

@@ -120,18 +120,42 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"shared": shared, "targets": report}, indent=2))
         return EXIT_OK
-    rows = [("target", "state", "failures", "half-open in", "retry budget", "note")]
+    rows = [("target", "state", "failures", "half-open in", "retry budget", "rate limit", "note")]
     for name, info in report.items():
         budget = info.get("retry_budget")
         rows.append((name, info["state"], str(info["failures"]),
                      f"{info['retry_in_s']:.0f} s" if "retry_in_s" in info else "",
                      f"{budget:.1f}" if isinstance(budget, (int, float)) else "",
+                     _rate_limit_text(info.get("rate_limit")),
                      info.get("disabled") or info.get("misconfigured") or ""))
     _print_table(rows)
     if not shared:
         print("(state.backend is memory: this is a fresh process's view; running routers keep their own)",
               file=sys.stderr)
     return EXIT_OK
+
+
+def _rate_limit_text(info: dict | None) -> str:
+    """'rpm 500: room 3/req, 2 waiting; provider: 12/20 req left (0.4 s)' from status()'s rate_limit."""
+    if not info:
+        return ""
+    parts = []
+    configured = [f"{key} {info[key]:g}" for key in ("rpm", "tpm") if key in info]
+    room = ", ".join(f"{value:g} {'req' if name == 'requests' else 'tok'}" for name, value in
+                     info.get("room", {}).items())
+    if configured:
+        parts.append(" ".join(configured) + (f": room {room}" if room else ""))
+    if info.get("waiters"):
+        parts.append(f"{info['waiters']} waiting")
+    for name, learned in info.get("learned", {}).items():
+        limit = f"/{learned['limit']:g}" if "limit" in learned else ""
+        parts.append(f"provider: {learned['remaining']:g}{limit} {'req' if name == 'requests' else 'tok'} left "
+                     f"(reset {learned['reset_in_s']:g} s)")
+    if "paused_s" in info:
+        parts.append(f"paused {info['paused_s']:g} s after a 429")
+    if info.get("shared") is False:
+        parts.append(f"redis away: 1/{info.get('peers', 1)} share")
+    return "; ".join(parts)
 
 
 def _control(args: argparse.Namespace) -> int:

@@ -25,8 +25,8 @@ from .config_yaml import load_yaml
 from .errors import ConfigError, InvalidRequest
 from .redact import Secret
 from .request import ROUTER_OWNED_PARAMS, check_params
-from .schema import (MAX_DURATION_S, BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RetryBudgetPolicy, RetryPolicy,
-                     RouterConfig, StateConfig, TargetConfig)
+from .schema import (MAX_DURATION_S, BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RateLimitPolicy,
+                     RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 
@@ -41,7 +41,7 @@ _LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
     "first_token_timeout": (float, 0, True, MAX_DURATION_S),
     "stream_idle_timeout": (float, 0, True, MAX_DURATION_S),
 }
-_DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", *_LIMITS)
+_DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", "rate_limit", *_LIMITS)
 # Every field of TargetConfig is a key of a target, except those the loader fills in.
 _TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("name", "local", "disabled"))
 _CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream")
@@ -101,8 +101,10 @@ class _Loader:
         retry = self.build(RetryPolicy, defaults.get("retry", {}), "defaults.retry", RetryPolicy())
         breaker = self.build(BreakerPolicy, defaults.get("breaker", {}), "defaults.breaker", BreakerPolicy())
         params = self.params(defaults.get("params", {}), "defaults.params")
+        rate_limit = self.build(RateLimitPolicy, defaults.get("rate_limit", {}), "defaults.rate_limit",
+                                RateLimitPolicy())
         base = TargetConfig(name="", provider="litellm", model=None, timeout=30.0, retry=retry,
-                            breaker=breaker, params=params)
+                            breaker=breaker, params=params, rate_limit=rate_limit)
         base = replace(base, **self.limits(defaults, "defaults"))
 
         targets_raw = self.mapping(top["targets"], "targets")
@@ -178,6 +180,8 @@ class _Loader:
             api_base=self.value(data["api_base"], f"{path}.api_base", str) if "api_base" in data else None,
             retry=self.build(RetryPolicy, data.get("retry", {}), f"{path}.retry", base.retry),
             breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
+            rate_limit=self.build(RateLimitPolicy, data.get("rate_limit", {}), f"{path}.rate_limit",
+                                  base.rate_limit),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
             context_window=context_window,
             params={**base.params, **self.params(data.get("params", {}), f"{path}.params")},

@@ -9,6 +9,8 @@ Metric names follow Prometheus conventions:
   router_failovers_total{target,outcome}       counter: a target left behind, and why
   router_degraded_answers_total{target}        counter: answers from a degraded target
   router_budget_exhausted_total{target}        counter: retries refused by the retry budget
+  router_throttled_total{target}               counter: targets skipped: no rate-limit room within max_wait
+  router_rate_limit_wait_seconds{target}       histogram: time queued for rate-limit room before an attempt
   router_calls_total{chain,outcome}            counter: whole calls: ok, static, failed
   router_circuit_state{target}                 gauge: 0 closed, 1 half-open, 2 open
   router_attempt_duration_seconds{target}      histogram: one attempt
@@ -46,6 +48,10 @@ class PrometheusListener:
                                      ["target"], **kw)
         self.budget = prom.Counter(f"{prefix}_budget_exhausted_total", "Retries refused by the retry budget",
                                    ["target"], **kw)
+        self.throttled = prom.Counter(f"{prefix}_throttled_total", "Targets skipped: no rate-limit room in time",
+                                      ["target"], **kw)
+        self.rate_wait = prom.Histogram(f"{prefix}_rate_limit_wait_seconds", "Time queued for rate-limit room",
+                                        ["target"], buckets=_LATENCY_BUCKETS, **kw)
         self.calls = prom.Counter(f"{prefix}_calls_total", "Whole calls, by chain and outcome",
                                   ["chain", "outcome"], **kw)
         self.circuit = prom.Gauge(f"{prefix}_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open",
@@ -69,6 +75,10 @@ class PrometheusListener:
             self.degraded.labels(target).inc()
         elif name == "budget_exhausted":
             self.budget.labels(target).inc()
+        elif name == "throttled":
+            self.throttled.labels(target).inc()
+        elif name == "rate_wait":
+            self.rate_wait.labels(target).observe(event.wait_s or 0.0)
         elif name == "circuit":
             self.circuit.labels(target).set(CIRCUIT_STATE_VALUES.get(event.new_state or "", 0))
         elif name == "call":

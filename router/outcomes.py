@@ -40,6 +40,7 @@ class Outcome(str, Enum):
     CONTENT_POLICY = "content_policy"
     MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
+    THROTTLED = "throttled"  # its rate limit has no room within max_wait: nothing sent
     UNSENT = "unsent"  # failed in our process (the provider SDK's client side) before any request left
     UNSUPPORTED = "unsupported"  # the target cannot serve this kind of request (tools on the local tier)
     CANCELLED = "cancelled"  # the caller gave up
@@ -73,6 +74,8 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
+    # Our own rate limit (limiter.py) found no room soon enough: nothing was sent.
+    Outcome.THROTTLED: Handling(retry=False, counts=False, fail_over=True),
     # No request reached the provider: the provider is not to blame and a retry would fail
     # the same way; another target (another SDK transform) may still manage.
     Outcome.UNSENT: Handling(retry=False, counts=False, fail_over=True),

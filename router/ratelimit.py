@@ -1,8 +1,14 @@
-"""Read how long a rate-limited provider asked us to wait.
+"""Read what a provider says about its rate limits.
 
-Providers say it in different headers: `retry-after-ms` (OpenAI, Azure), `Retry-After` in
-seconds or as an HTTP date (RFC 9110), and OpenAI's `x-ratelimit-reset-*` durations such as
-"6m0s" or "20ms", which only mean "wait" when the matching `x-ratelimit-remaining-*` is 0.
+How long a rate-limited provider asked us to wait: providers say it in different headers:
+`retry-after-ms` (OpenAI, Azure), `Retry-After` in seconds or as an HTTP date (RFC 9110),
+and OpenAI's `x-ratelimit-reset-*` durations such as "6m0s" or "20ms", which only mean
+"wait" when the matching `x-ratelimit-remaining-*` is 0.
+
+What remains of its limits, on every answer (`provider_limits`): OpenAI's
+`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` and Anthropic's
+`anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset: an RFC 3339 time).
+litellm passes a provider's raw headers on with an `llm_provider-` prefix; both forms are read.
 """
 
 from __future__ import annotations
@@ -10,6 +16,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -44,6 +52,8 @@ def retry_after_seconds(headers: Mapping[str, Any], now: float | None = None) ->
 
 
 def _number(text: str) -> float | None:
+    if not text:
+        return None
     try:
         value = float(text)
     except ValueError:
@@ -62,3 +72,63 @@ def _duration(text: str) -> float | None:
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+_PROVIDER_PREFIX = "llm_provider-"
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What a provider says is left of one limit (requests or tokens)."""
+
+    remaining: float
+    reset_s: float | None = None  # until the limit is whole again
+    limit: float | None = None
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    requests: Allowance | None = None
+    tokens: Allowance | None = None
+
+    def __bool__(self) -> bool:
+        return self.requests is not None or self.tokens is not None
+
+
+def provider_limits(headers: Mapping[str, Any] | None, now: float | None = None) -> ProviderLimits:
+    """The provider's remaining requests and tokens, when its headers say (else empty)."""
+    if not headers:
+        return ProviderLimits()
+    lower: dict[str, str] = {}
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name.startswith(_PROVIDER_PREFIX):
+            name = name[len(_PROVIDER_PREFIX):]
+        if "ratelimit" in name:
+            lower.setdefault(name, str(value).strip())
+    if not lower:
+        return ProviderLimits()
+    return ProviderLimits(*(_allowance(lower, kind, now) for kind in ("requests", "tokens")))
+
+
+def _allowance(lower: Mapping[str, str], kind: str, now: float | None) -> Allowance | None:
+    remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}", ""))
+    if remaining is not None:
+        return Allowance(max(0.0, remaining), _duration(lower.get(f"x-ratelimit-reset-{kind}", "")),
+                         _number(lower.get(f"x-ratelimit-limit-{kind}", "")))
+    remaining = _number(lower.get(f"anthropic-ratelimit-{kind}-remaining", ""))
+    if remaining is not None:
+        return Allowance(max(0.0, remaining), _moment(lower.get(f"anthropic-ratelimit-{kind}-reset", ""), now),
+                         _number(lower.get(f"anthropic-ratelimit-{kind}-limit", "")))
+    return None
+
+
+def _moment(text: str, now: float | None) -> float | None:
+    """Seconds until an RFC 3339 time such as 2024-01-01T00:00:30Z."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return _duration(text)
+    return max(0.0, moment - (time.time() if now is None else now))

@@ -70,6 +70,7 @@ class Response:
     object: str = "chat.completion"
     route: Route | None = None
     raw: Any = field(default=None, repr=False, compare=False)
+    headers: Any = field(default=None, repr=False, compare=False)  # the provider's HTTP response headers
 
     @property
     def text(self) -> str:
@@ -80,6 +81,7 @@ class Response:
         """Plain JSON-ready data, route included, provider object left out."""
         data = asdict(self)
         data.pop("raw")
+        data.pop("headers")
         return data
 
     @classmethod

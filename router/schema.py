@@ -59,6 +59,24 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True)
+class RateLimitPolicy:
+    """Client-side pacing of one target (limiter.py): `rpm` requests and `tpm` tokens per
+    minute, spread evenly (a bucket of `burst` requests refilling at rpm/60 per second);
+    a call waits at most `max_wait` seconds for room, then fails over (`throttled`).
+    With neither rpm nor tpm, only what the provider reports (its rate-limit headers,
+    its 429s) limits the target."""
+
+    rpm: float | None = field(default=None, metadata=_at_least(1))
+    tpm: float | None = field(default=None, metadata=_at_least(1))
+    burst: int = field(default=1, metadata=_at_least(1))
+    max_wait: float = field(default=1.0, metadata=_DURATION)
+
+    @property
+    def configured(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True)
 class LocalOptions:
     """The local tier (`provider: llama_cpp`): a GGUF model in process on the CPU."""
 
@@ -94,6 +112,7 @@ class TargetConfig:
     queue_timeout: float = 0.0  # how long a caller beyond max_concurrency waits for a slot
     first_token_timeout: float | None = None  # streams: the first content must come sooner
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
+    rate_limit: RateLimitPolicy = RateLimitPolicy()  # client-side pacing and learned provider limits
     local: LocalOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
 

@@ -1,4 +1,4 @@
-"""Where circuit state, half-open probe slots and retry budgets live: this process
+"""Where circuit state, half-open probe slots, retry budgets and rate-limit buckets live: this process
 (`MemoryState`) or Redis, shared by every process and machine using the same namespace
 (`RedisState`). `build_state(config.state)` picks one.
 
@@ -18,7 +18,8 @@ from typing import Any
 
 from .breaker import CircuitStorage, MemoryCircuitStorage, ProbeSlots
 from .budget import RedisRetryBudget, RetryBudget, UnlimitedBudget
-from .schema import RetryBudgetPolicy, StateConfig
+from .rate_store import Buckets, FallbackBuckets, MemoryBuckets, Rates, RedisBuckets
+from .schema import RateLimitPolicy, RetryBudgetPolicy, StateConfig
 from .errors import ConfigError
 from .fallback import FallbackCircuitStorage, FallbackProbeSlots, FallbackRetryBudget, RedisLink
 from .redis_store import RedisCircuitStorage, RedisProbeSlots, RedisScripts, target_prefix
@@ -38,6 +39,10 @@ class State:
 
     def budget(self, target: str, policy: RetryBudgetPolicy) -> RetryBudget | UnlimitedBudget:
         raise NotImplementedError
+
+    def buckets(self, target: str, policy: RateLimitPolicy) -> Buckets:
+        """The rate-limit buckets of a target (rate_store.py); none without rpm or tpm."""
+        return MemoryBuckets(Rates.of(policy)) if policy.configured else Buckets()
 
     def ping(self) -> bool:
         return True
@@ -124,6 +129,12 @@ class RedisState(State):
             return UnlimitedBudget()
         shared = RedisRetryBudget(self._client, f"{target_prefix(self.namespace, target)}:budget", policy)
         return FallbackRetryBudget(shared, self._link)
+
+    def buckets(self, target: str, policy: RateLimitPolicy) -> Buckets:
+        if not policy.configured:
+            return Buckets()
+        shared = RedisBuckets(self._client, target_prefix(self.namespace, target), Rates.of(policy))
+        return FallbackBuckets(shared, self._link, policy)
 
     def ping(self) -> bool:
         try:

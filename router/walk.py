@@ -2,7 +2,7 @@
 
 For each target of the chain, in order: pass it over when it is disabled, offline, known
 too small, out of time or its circuit is open; otherwise attempt it through its `Guard`
-(guard.py: bulkhead slot, circuit admission), classify what went wrong (outcomes.py),
+(guard.py: rate-limit room, bulkhead slot, circuit admission), classify what went wrong (outcomes.py),
 and let the outcome table say whether to retry it (after a wait from retry.py), count it,
 or fail over. The first answer wins; when none comes, the chain's static reply or
 `AllTargetsFailed`.
@@ -12,7 +12,8 @@ Two layers, as tenacity's `BaseRetrying.iter()` and its thin `Retrying`/`AsyncRe
   outcome; it does no I/O and never sleeps, so tests drive it without a network
   (tests/test_walk_core.py);
 - `chain_sync` and `chain_async` are the only loops, mirror images that differ in
-  `await` alone: they take a bulkhead slot, run an attempt, and sleep when the core says.
+  `await` alone: they take rate-limit room and a bulkhead slot, run an attempt, and sleep
+  when the core says.
   A plain call and the opening of a stream (streaming.py) are both these loops with a
   different `attempt`. A first attempt that succeeds builds none of the retry machinery.
 
@@ -33,10 +34,12 @@ from .deadline import Deadline
 from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
 from .events import Events
 from .guard import Guard
+from .limiter import Permit, Refusal, estimate_cost
 from .outcomes import Failure, Handling, Outcome, TargetFailure, classify, handle
+from .rate_store import Cost
 from .request import Request
 from .response import Attempt, Choice, Message, Response, Route, Usage
-from .retry import Retries
+from .retry import MIN_ATTEMPT_S, Retries
 from .schema import ChainConfig, TargetConfig
 from .targets import Note, Target
 
@@ -66,11 +69,12 @@ class Member(NamedTuple):
 
 
 class Admission(NamedTuple):
-    """One attempt let through: its circuit ticket, timeout and start time."""
+    """One attempt let through: its circuit ticket, timeout, start time and rate-limit permit."""
 
     ticket: Ticket
     timeout: float
     started: float
+    permit: Permit | None = None
 
 
 @dataclass(slots=True)
@@ -95,6 +99,10 @@ class NoCapacity(Exception):
         super().__init__(failure.message)
 
 
+class Throttled(NoCapacity):
+    """The rate limit had no room in time (already recorded): nothing sent, as with a full bulkhead."""
+
+
 class Walk:
     """One call down one chain: its route, its deadline, and every decision. No I/O."""
 
@@ -109,6 +117,7 @@ class Walk:
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
+        self._cost: Cost | None = None
         self._first_token_s: float | None = None  # of the stream being opened
         self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
 
@@ -159,11 +168,38 @@ class Walk:
         (remote targets reuse one HTTP client whatever the timeout: targets/sdk_clients.py)."""
         return self.deadline.cap(config.timeout)
 
+    def cost(self) -> Cost:
+        """What one attempt of this call takes from a rate limit: a request, its tokens (estimated)."""
+        if self._cost is None:
+            self._cost = estimate_cost(self.request)
+        return self._cost
+
+    def rate_wait(self, config: TargetConfig) -> float:
+        """How long an attempt may queue for rate-limit room: max_wait, within the deadline."""
+        return min(config.rate_limit.max_wait, self.deadline.remaining() - MIN_ATTEMPT_S)
+
+    def roomed(self, member: Member, result: Permit | Refusal | None) -> Permit | None:
+        """Note a rate-limit queue wait; record a refusal as `throttled` and raise it."""
+        name = member.config.name
+        if isinstance(result, Refusal):
+            self._waited += result.waited_s
+            if self._events.active:
+                self._events.emit("throttled", target=name, chain=self.chain.name, wait_s=result.waited_s,
+                                  detail=result.reason, call_id=self.call_id)
+            self.record(Attempt(name, Outcome.THROTTLED.value, detail=result.reason, waited_s=self._take_wait()))
+            raise Throttled(classify(TargetFailure(Outcome.THROTTLED, f"rate limit: {result.reason}")))
+        if result is not None and result.waited_s:
+            self._waited += result.waited_s
+            if self._events.active:
+                self._events.emit("rate_wait", target=name, chain=self.chain.name, wait_s=result.waited_s,
+                                  call_id=self.call_id)
+        return result
+
     def note(self, config: TargetConfig) -> Note:
         return lambda text: self.route.notes.append(f"{config.name}: {text}")
 
-    def succeeded(self, member: Member, admission: Admission) -> None:
-        member.guard.succeeded(admission.ticket)
+    def succeeded(self, member: Member, admission: Admission, response: Response | None = None) -> None:
+        member.guard.succeeded(admission.ticket, admission.permit, response)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
@@ -174,7 +210,7 @@ class Walk:
         config = member.config
         failure = classify(exc, timeout_cut=admission.timeout < config.timeout)
         handling = handle(failure, config.retry, self.chain)
-        member.guard.failed(admission.ticket, handling)
+        member.guard.failed(admission.ticket, handling, failure, admission.permit)
         self.record(Attempt(config.name, failure.outcome.value, type(exc).__name__, failure.status,
                             time.perf_counter() - admission.started, self._take_wait(), self.detail(failure.message)),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token(),
@@ -192,7 +228,7 @@ class Walk:
 
     def released(self, member: Member, admission: Admission, detail: str) -> None:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
-        member.guard.released(admission.ticket)
+        member.guard.released(admission.ticket, admission.permit)
         self.record(Attempt(member.config.name, Outcome.CANCELLED.value,
                             latency_s=time.perf_counter() - admission.started, detail=detail),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
@@ -239,7 +275,7 @@ class Walk:
 
     def answer(self, won: Won[Response]) -> Response:
         """A plain call's answer: the attempt succeeded, and the call is over."""
-        self.succeeded(won.member, won.admission)
+        self.succeeded(won.member, won.admission, won.value)
         config, response = won.member.config, won.value
         self.route.served_by = config.name
         self.route.degraded = config.degraded
@@ -297,7 +333,7 @@ class Tries:
     (and how long to wait first) or give up. The retry strategies (retry.py) are built
     on the first failure the table allows to retry, never on the happy path."""
 
-    __slots__ = ("walk", "member", "attempts", "admission", "retries")
+    __slots__ = ("walk", "member", "attempts", "admission", "retries", "permit")
 
     def __init__(self, walk: Walk, member: Member) -> None:
         self.walk = walk
@@ -305,16 +341,28 @@ class Tries:
         self.attempts = 0
         self.admission: Admission | None = None  # the attempt in flight, not yet settled
         self.retries: Retries | None = None
+        self.permit: Permit | None = None  # rate-limit room taken, the attempt not yet admitted
+
+    def rate_wait(self) -> float:
+        return self.walk.rate_wait(self.member.config)
+
+    def room(self, result: Permit | Refusal | None) -> None:
+        """The rate limiter's answer for the next attempt (`Guard.room`). Raises `Throttled`
+        (recorded, nothing sent) when it had no room in time."""
+        self.permit = self.walk.roomed(self.member, result)
 
     def admit(self, slot: bool) -> Admission:
-        """Admit one attempt once the caller has tried for a bulkhead `slot`; its timeout
-        is fixed here, once. Raises `NoCapacity` or `CircuitOpen` (nothing sent)."""
-        walk, config = self.walk, self.member.config
+        """Admit one attempt once the caller has its rate-limit room and has tried for a
+        bulkhead `slot`; its timeout is fixed here, once. Raises `NoCapacity` or
+        `CircuitOpen` (nothing sent, the room given back)."""
+        walk, config, guard = self.walk, self.member.config, self.member.guard
         self.attempts += 1
+        permit, self.permit = self.permit, None
         if not slot:
+            guard.give_back(permit)
             raise walk.no_capacity(self.member)
-        ticket = self.member.guard.admit()
-        self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter())
+        ticket = guard.admit(permit)
+        self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter(), permit)
         return self.admission
 
     def failed(self, exc: BaseException) -> float | None:
@@ -328,6 +376,8 @@ class Tries:
         if isinstance(exc, NoCapacity):
             verdict = Verdict(exc.failure, handle(exc.failure, member.config.retry, walk.chain))
         elif admission is None:
+            self.member.guard.give_back(self.permit)  # the room it had taken goes back
+            self.permit = None
             raise exc  # not the target's doing (cancelled while queueing for a slot)
         else:
             verdict = walk.failed(member, admission, exc)
@@ -362,6 +412,7 @@ def chain_sync(walk: Walk, members: Iterable[Member], attempt: Callable[[Walk, M
         tries = walk.tries(member)
         while True:
             try:
+                tries.room(member.guard.room(walk.cost(), tries.rate_wait()))
                 admission = tries.admit(member.guard.bulkhead.acquire(walk.deadline))
                 return Won(member, admission, attempt(walk, member, admission))
             except BaseException as exc:
@@ -378,6 +429,7 @@ async def chain_async(walk: Walk, members: Iterable[Member],
         tries = walk.tries(member)
         while True:
             try:
+                tries.room(await member.guard.room_async(walk.cost(), tries.rate_wait()))
                 admission = tries.admit(await member.guard.bulkhead.acquire_async(walk.deadline))
                 return Won(member, admission, await attempt(walk, member, admission))
             except BaseException as exc:

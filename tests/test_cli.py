@@ -61,7 +61,7 @@ def test_open_status_close_through_redis(tmp_path, server, redis_url, namespace)
 
     out = cli("status", "--config", str(config))
     assert out.stdout.splitlines()[0].split() == ["target", "state", "failures", "half-open", "in", "retry",
-                                                  "budget", "note"]
+                                                  "budget", "rate", "limit", "note"]
     assert any(line.split()[:2] == ["primary", "open"] for line in out.stdout.splitlines())
 
     assert cli("close", "primary", "--config", str(config)).stdout.strip() == "primary: closed"
@@ -97,3 +97,21 @@ def test_cli_exit_codes_for_controls(tmp_path, server, redis_url, namespace):
     out = cli("check-config", str(config), "--json")
     assert out.returncode == 0
     assert [m["target"] for m in json.loads(out.stdout)["chains"]["default"]] == ["primary", "secondary"]
+
+
+def test_status_shows_the_fleets_rate_limit_room_from_redis(tmp_path, server, redis_url, namespace):
+    config = shared_config(tmp_path, server, redis_url, namespace)
+    config.write_text(config.read_text().replace("breaker: {fail_max: 2, reset_timeout: 60}",
+                                                 "breaker: {fail_max: 2, reset_timeout: 60}\n"
+                                                 "  rate_limit: {rpm: 6, burst: 2, max_wait: 0}"))
+    running = Router.from_yaml(config)
+    assert running.complete(HI).route.served_by == "primary"  # takes one of the 2 in the bucket
+
+    report = json.loads(cli("status", "--config", str(config), "--json").stdout)
+    limit = report["targets"]["primary"]["rate_limit"]
+    assert limit["rpm"] == 6 and limit["shared"] is True and 0.9 <= limit["room"]["requests"] < 1.2
+    assert report["targets"]["secondary"]["rate_limit"]["room"]["requests"] == 2
+
+    table = cli("status", "--config", str(config)).stdout
+    primary = next(line for line in table.splitlines() if line.startswith("primary"))
+    assert "rpm 6: room 1" in primary

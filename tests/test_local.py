@@ -24,11 +24,12 @@ from router.request import Request, build_request
 from router.targets.local import LocalTarget, _ModelPool, _pool_for
 
 FAR = 60.0  # a timeout that is never the point of the test
-# Forces a long generation whatever the model would choose: greedy decoding with the end-of-turn
-# (<|im_end|>, 2) and end-of-text (<|endoftext|>, 0) tokens of SmolLM2 banned, so it can only stop
-# at max_tokens or the clock. Without it, how long the model talks depended on what the shared pool
+# Forces a long generation whatever the model would choose: greedy decoding with SmolLM2's special
+# tokens banned (<|endoftext|> 0, <|im_start|> 1, <|im_end|> 2: the last ends the turn, and the
+# first, which a greedy model picks next, streams as no text), so it writes text until max_tokens
+# or the clock stops it. Without it, how long the model talks depended on what the shared pool
 # ran before (sampling state, cached prompt): the test below failed in every full run.
-NEVER_ENDING = {"temperature": 0, "seed": 7, "logit_bias": {0: -100, 2: -100}}
+NEVER_ENDING = {"temperature": 0, "seed": 7, "logit_bias": {0: -100, 1: -100, 2: -100}}
 
 
 @pytest.fixture(scope="module")

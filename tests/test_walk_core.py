@@ -83,6 +83,7 @@ TABLE = {  # outcome: (retry, counts, fail_over), as the README's table says
     Outcome.CONTENT_POLICY: (False, False, False),
     Outcome.MISCONFIGURED: (False, False, True),
     Outcome.NO_CAPACITY: (False, False, True),
+    Outcome.THROTTLED: (False, False, True),
     Outcome.CANCELLED: (False, False, False),
     Outcome.DEADLINE: (False, False, True),
     Outcome.UNSENT: (False, False, True),  # failed inside our process before a request left it

@@ -118,8 +118,14 @@ class AbortableChunks:
 
 def _answer(raw: Any) -> Response:
     """The provider's reply, or TRANSIENT when it is a 200 without an answer: litellm
-    passes `"choices": []` through as an empty success, which would end the chain walk."""
+    passes `"choices": []` through as an empty success, which would end the chain walk.
+    With the provider's HTTP headers, which litellm keeps in `_hidden_params
+    ["additional_headers"]` (OpenAI-compatible ones as sent, every raw one also as
+    `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
     response = Response.from_openai(raw)
     if not response.choices:
         raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
+    hidden = getattr(raw, "_hidden_params", None)
+    if isinstance(hidden, dict):
+        response.headers = hidden.get("additional_headers") or None
     return response

@@ -16,6 +16,7 @@ from .faults import (
     context_too_long,
     flaky,
     hang,
+    limited,
     malformed,
     ok,
     recover_after,
@@ -28,5 +29,5 @@ from .server import FaultServer, ReceivedRequest
 __all__ = [
     "FaultServer", "ReceivedRequest", "Fault", "faults",
     "ok", "status", "context_too_long", "content_policy", "hang", "reset",
-    "malformed", "flaky", "recover_after", "stream",
+    "malformed", "flaky", "recover_after", "stream", "limited",
 ]

@@ -10,7 +10,8 @@ Every dataclass carries a ``kind`` field naming its constructor.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Optional, Union
 
 DEFAULT_TEXT = "Hello from the fault server."
@@ -41,6 +42,7 @@ class Ok:
 
     text: str = DEFAULT_TEXT
     delay: float = 0.0
+    headers: Optional[dict] = None
     kind: str = _kind("ok")
 
 
@@ -127,7 +129,21 @@ class RecoverAfter:
     kind: str = _kind("recover_after")
 
 
-Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter]
+@dataclass(frozen=True)
+class Limited:
+    """A provider-side rate limit: ``requests`` per sliding ``window`` seconds, each
+    accepted request answered by ``then``, any beyond by a 429 (not counted against the
+    window). With ``headers``, answers carry OpenAI's ``x-ratelimit-*-requests`` headers
+    and 429s a ``retry-after-ms`` saying when a slot frees; without, a bare 429."""
+
+    requests: int
+    window: float = 1.0
+    then: "Fault" = Ok()
+    headers: bool = True
+    kind: str = _kind("limited")
+
+
+Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter, Limited]
 """Any fault description accepted by the server."""
 
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
@@ -155,10 +171,11 @@ def _check_delay(name: str, value: Optional[float]) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0) -> Ok:
-    """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte)."""
+def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0, headers: Optional[Mapping[str, str]] = None) -> Ok:
+    """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte),
+    with extra response ``headers``."""
     _check_delay("delay", delay)
-    return Ok(text=text, delay=delay)
+    return Ok(text=text, delay=delay, headers=dict(headers) if headers else None)
 
 
 def status(
@@ -284,9 +301,16 @@ def recover_after(seconds: float, fault: Fault, *, then: Fault = Ok()) -> Recove
     return RecoverAfter(seconds=seconds, fault=fault, then=then)
 
 
+def limited(requests: int, window: float = 1.0, *, then: Fault = Ok(), headers: bool = True) -> Limited:
+    """At most ``requests`` per sliding ``window`` seconds answered by ``then``; 429 beyond."""
+    if int(requests) < 1 or not window > 0:
+        raise ValueError(f"limited needs requests >= 1 and window > 0, got {requests!r}, {window!r}")
+    return Limited(requests=int(requests), window=float(window), then=then, headers=headers)
+
+
 _CONSTRUCTORS: dict[str, Callable[..., Fault]] = {
     "ok": ok, "status": status, "reply": reply, "hang": hang, "reset": reset, "malformed": malformed,
-    "stream": stream, "flaky": flaky, "recover_after": recover_after,
+    "stream": stream, "flaky": flaky, "recover_after": recover_after, "limited": limited,
 }
 
 
@@ -300,7 +324,7 @@ def from_dict(data: Mapping[str, Any]) -> Fault:
     make = _CONSTRUCTORS.get(kind)  # type: ignore[arg-type]
     if make is None:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(_CONSTRUCTORS)}")
-    for key in ("fault", "otherwise", "then"):
+    for key in ("fault", "otherwise", "then"):  # composites (flaky, recover_after, limited) nest faults
         if isinstance(fields.get(key), Mapping):
             fields[key] = from_dict(fields[key])
     try:
@@ -324,5 +348,29 @@ def resolve(fault: Fault, state: dict, now: float) -> Fault:
         elif isinstance(fault, RecoverAfter):
             first = state.setdefault(id(fault), now)
             fault = fault.fault if now - first < fault.seconds else fault.then
+        elif isinstance(fault, Limited):
+            return _limit(fault, state.setdefault(id(fault), deque()), now)
         else:
             return fault
+
+
+def _limit(fault: Limited, accepted: deque, now: float) -> Fault:
+    """One request against a sliding-window limit: ``then`` or a 429, with headers."""
+    while accepted and accepted[0] <= now - fault.window:
+        accepted.popleft()
+    allowed = len(accepted) < fault.requests
+    if allowed:
+        accepted.append(now)
+    if not fault.headers:
+        return resolve(fault.then, {}, now) if allowed else status(429)
+    whole_in = accepted[-1] + fault.window - now if accepted else 0.0  # until the window is empty again
+    headers = {"x-ratelimit-limit-requests": str(fault.requests),
+               "x-ratelimit-remaining-requests": str(fault.requests - len(accepted)),
+               "x-ratelimit-reset-requests": f"{max(0.0, whole_in):.3f}s"}
+    if not allowed:
+        frees_in = accepted[0] + fault.window - now  # the oldest leaves the window
+        return status(429, retry_after_ms=round(max(0.0, frees_in) * 1000, 1), headers=headers)
+    then = resolve(fault.then, {}, now)
+    if isinstance(then, Ok):
+        return replace(then, headers={**(then.headers or {}), **headers})
+    return then

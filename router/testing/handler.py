@@ -85,7 +85,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self._sleep(fault.delay)
         if body.get("stream"):
             return self._play_stream(faults.stream(fault.text), body)
-        self._send_json(200, _completion(body, fault.text))
+        self._send_json(200, _completion(body, fault.text), list((fault.headers or {}).items()))
 
     def _play_status(self, fault: faults.Status, body: dict) -> None:
         headers = []

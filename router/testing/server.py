@@ -131,6 +131,7 @@ class FaultServer:
         self._default = _Step(faults.ok())
         self._log: list = []
         self._by_model: dict = {}
+        self._statuses: dict = {}
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> "FaultServer":
@@ -205,6 +206,17 @@ class FaultServer:
         with self._lock:
             return len(self._log if model is None else self._by_model.get(model, ()))
 
+    def statuses(self, model: Optional[str] = None) -> dict:
+        """HTTP statuses answered for ``model`` (all models if None), e.g. ``{200: 20, 429: 3}``
+        (replies that are not a status, such as hangs and resets, are not counted)."""
+        with self._lock:
+            sources = [self._statuses.get(model, {})] if model is not None else list(self._statuses.values())
+            total: dict = {}
+            for sent in sources:
+                for code, n in sent.items():
+                    total[code] = total.get(code, 0) + n
+            return total
+
     def reset(self) -> None:
         """Forget scripts, the default and the request log, as if freshly started."""
         with self._lock:
@@ -235,7 +247,12 @@ class FaultServer:
             else:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
-            return faults.resolve(step.fault, step.state, t)
+            fault = faults.resolve(step.fault, step.state, t)
+            code = fault.code if isinstance(fault, faults.Status) else 200 if fault.kind in ("ok", "stream") else None
+            if code is not None:
+                sent = self._statuses.setdefault(model, {})
+                sent[code] = sent.get(code, 0) + 1
+            return fault
 
     def __repr__(self) -> str:
         state = "running" if self._httpd is not None else "stopped"
