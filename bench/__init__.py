@@ -18,6 +18,8 @@
   threads with a fallback: ours with `rate_limit: {rpm: 1200, max_wait: 2}` vs
   `litellm.Router` with `rpm` vs ours without a limit: 429s provoked, share served by the
   primary, wall time; then 2 processes sharing the limit through Redis.
+- ``cache``: the cache tier. A hit's p50 latency next to a healthy primary's answer, and
+  what writing every answer (memory, sqlite, Redis) adds to a healthy call.
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete

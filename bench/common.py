@@ -189,6 +189,18 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> di
     return {"median": median(per_round), "q25": quantile(per_round, 0.25), "q75": quantile(per_round, 0.75)}
 
 
+def timed_block(call: Any, n: int) -> tuple[float, list[float]]:
+    """`call()` n times: the whole block's seconds, and each call's."""
+    perf = time.perf_counter
+    latencies = []
+    started = perf()
+    for _ in range(n):
+        t = perf()
+        call()
+        latencies.append(perf() - t)
+    return perf() - started, latencies
+
+
 def rotations(items: Sequence[Any], rounds: int) -> list[list[Any]]:
     """One order per round: rotated by one each round, reversed every other cycle, so each
     contender runs before and after each other one about equally often."""

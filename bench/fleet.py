@@ -58,7 +58,7 @@ from typing import Any
 
 from router.testing.redis_server import RedisServer
 
-from .common import API_KEY, HI, ROOT, ControlledServer, Report, _child_env, median, quantile
+from .common import API_KEY, HI, ROOT, ControlledServer, Report, _child_env, median, quantile, timed_block
 
 PROCESSES, THREADS, REQUESTS = 4, 4, 400
 ATTEMPTS, MIN_WAIT, MAX_WAIT = 3, 0.05, 0.5
@@ -461,19 +461,12 @@ def happy_path(report: Report, server: Any, redis_url: str, *, quick: bool) -> d
     gc.freeze()
     blocks: dict[str, list[float]] = {"memory": [], "redis": []}
     calls: dict[str, list[float]] = {"memory": [], "redis": []}
-    perf = time.perf_counter
     try:
         for r in range(rounds):
             for name in ("memory", "redis") if r % 2 == 0 else ("redis", "memory"):
-                router = routers[name]
-                lat = []
-                started = perf()
-                for _ in range(per_block):
-                    t = perf()
-                    call(router)
-                    lat.append(perf() - t)
-                blocks[name].append(perf() - started)
-                calls[name] += lat
+                block, latencies = timed_block(lambda: call(routers[name]), per_block)
+                blocks[name].append(block)
+                calls[name] += latencies
     finally:
         gc.unfreeze()
     diffs_us = [(b - a) / per_block * 1e6 for a, b in zip(blocks["memory"], blocks["redis"], strict=True)]

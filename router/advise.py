@@ -73,8 +73,8 @@ def advise(evidence: Mapping[str, Evidence], config: RouterConfig | None = None)
     result = {}
     for name, found in sorted(evidence.items()):
         target = config.targets.get(name) if config is not None else None
-        if config is not None and target is None:
-            continue
+        if config is not None and (target is None or target.cache is not None):
+            continue  # not configured, or a cache tier: no network, no retries, nothing to tune
         advice = Advice(name, found)
         for key, rule in _RULES.items():
             current = current_value(target, key)

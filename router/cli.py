@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         control.add_argument("--json", action="store_true")
         control.set_defaults(run=_control, verb=verb)
 
+    cache = commands.add_parser("cache", help="the cache tiers: what they hold (stats), or forget it (clear)")
+    cache.add_argument("action", choices=["stats", "clear"])
+    cache.add_argument("--target", help="only this cache target (default: every one)")
+    _config_option(cache)
+    cache.add_argument("--json", action="store_true")
+    cache.set_defaults(run=_cache)
+
     check = commands.add_parser("check-config", help="validate a config and print each chain")
     check.add_argument("file", nargs="?", default=None)
     check.add_argument("--json", action="store_true")
@@ -108,7 +115,11 @@ def _complete(args: argparse.Namespace) -> int:
         print(resp.text)
     route = resp.route
     tried = ", ".join(f"{a.target}={a.outcome}" for a in route.attempts) if route else ""
-    print(f"[served by {route.served_by}{' (degraded)' if route.degraded else ''} "
+    tags = ["degraded"] if route.degraded else []
+    if route.cache_age_s is not None:
+        tags.append(f"stored {route.cache_age_s:.0f} s ago")
+    shown = f" ({', '.join(tags)})" if tags else ""
+    print(f"[served by {route.served_by}{shown} "
           f"in {route.latency_s:.2f} s; {tried}]", file=sys.stderr)
     return EXIT_OK
 
@@ -187,6 +198,49 @@ def _shared_state_router(path: str) -> Any:
     return Router(config)
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from .cache.tier import open_caches
+
+    caches = open_caches(load_config(args.config)).caches
+    if args.target is not None and args.target not in caches:
+        print(f"router: {args.target!r} is not a cache target; cache targets: {', '.join(caches) or 'none'}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    chosen = {name: cache for name, cache in caches.items() if args.target in (None, name)}
+    if any(cache.store.backend == "memory" for cache in chosen.values()):
+        print("(a memory cache lives in each running process: a fresh process sees it empty; use sqlite or redis "
+              "to share one)", file=sys.stderr)
+    try:
+        if args.action == "clear":
+            report: dict[str, Any] = {name: {"removed": cache.clear()} for name, cache in chosen.items()}
+        else:
+            report = {name: {k: v for k, v in cache.stats().items() if k != "this_process"}
+                      for name, cache in chosen.items()}
+    finally:
+        for cache in caches.values():
+            cache.close()
+    if args.json:
+        print(json.dumps({"targets": report}, indent=2))
+    elif args.action == "clear":
+        for name, info in report.items():
+            print(f"{name}: removed {info['removed']} answers")
+    else:
+        rows = [("target", "backend", "entries", "bytes", "hits", "oldest", "newest", "ttl", "where")]
+        for name, info in report.items():
+            rows.append((name, info["backend"], str(info["entries"]), str(info["bytes"]), str(info["hits"]),
+                         _age(info["oldest_s"]), _age(info["newest_s"]), f"{info['ttl']:g} s", info.get("path", "")))
+        _print_table(rows)
+    return EXIT_OK
+
+
+def _cache_backend(target: Any) -> str | None:
+    return f"cache: {target.cache.backend}" if target.cache is not None else None
+
+
+def _age(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds:.0f} s"
+
+
 def _check_config(args: argparse.Namespace) -> int:
     file = args.file or os.environ.get("ROUTER_CONFIG", "config.yaml")
     config = load_config(file)
@@ -194,7 +248,7 @@ def _check_config(args: argparse.Namespace) -> int:
     chains: dict[str, Any] = {}
     for name, chain in config.chains.items():
         chains[name] = [
-            {"target": t, "model": config.targets[t].model, "degraded": config.targets[t].degraded,
+            {"target": t, "model": config.targets[t].model or _cache_backend(config.targets[t]), "degraded": config.targets[t].degraded,
              "disabled": config.targets[t].disabled
              or ("offline mode" if config.offline and config.targets[t].is_remote else None)}
             for t in chain.targets

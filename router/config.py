@@ -25,13 +25,13 @@ from .config_yaml import load_yaml
 from .errors import ConfigError, InvalidRequest
 from .redact import Secret
 from .request import ROUTER_OWNED_PARAMS, check_params
-from .schema import (MAX_DURATION_S, BreakerPolicy, ChainConfig, EventsConfig, LocalOptions, RateLimitPolicy,
-                     RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
+from .schema import (MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
+                     RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 
 
-PROVIDERS = ("litellm", "llama_cpp")
+PROVIDERS = ("litellm", "llama_cpp", "cache")
 _TOP_KEYS = ("defaults", "targets", "chains", "state", "offline", "events")
 # Scalar target settings that `defaults` may set for every target: (type, minimum, > 0, maximum).
 _LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
@@ -43,7 +43,11 @@ _LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
 }
 _DEFAULT_KEYS = ("deadline", "retry", "breaker", "params", "rate_limit", *_LIMITS)
 # Every field of TargetConfig is a key of a target, except those the loader fills in.
-_TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("name", "local", "disabled"))
+_TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("name", "local", "cache", "disabled"))
+# A cache tier calls no provider: it takes its own options and nothing about a model.
+_CACHE_OPTION_KEYS = tuple(f.name for f in fields(CacheOptions))
+_CACHE_TARGET_KEYS = ("provider", "degraded", "timeout", "breaker", *_CACHE_OPTION_KEYS)
+DEFAULT_CACHE_FILE = ".router-cache.sqlite"
 _CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
@@ -119,6 +123,7 @@ class _Loader:
 
         state = self.build(StateConfig, self.resolved(top.get("state", {}), "state"), "state", StateConfig())
         self.check_state(state)
+        self.check_cache_backends(targets, state)
         events = self.build(EventsConfig, top.get("events", {}), "events", EventsConfig())
         return RouterConfig(targets=targets, chains=chains, deadline=deadline, state=state,
                             offline=offline, events=events, source=self.file)
@@ -132,6 +137,8 @@ class _Loader:
         provider = raw.get("provider", "litellm") if isinstance(raw, Mapping) else "litellm"
         if provider not in PROVIDERS:
             raise self.error(f"{path}.provider", f"expected one of {', '.join(PROVIDERS)}, got {provider!r}")
+        if provider == "cache":
+            return self.cache_target(name, raw, base)
         local_keys = tuple(f.name for f in fields(LocalOptions)) if provider == "llama_cpp" else ()
         data = self.mapping(raw, path, _TARGET_KEYS + local_keys)
 
@@ -189,6 +196,30 @@ class _Loader:
             disabled=disabled,
             **self.limits(data, path),
         )
+
+    def cache_target(self, name: str, raw: Any, base: TargetConfig) -> TargetConfig:
+        """A cache tier: degraded unless it says otherwise (an old answer is a fallback)."""
+        path = f"targets.{name}"
+        data = self.mapping(raw, path, _CACHE_TARGET_KEYS)
+        options = self.build(CacheOptions, {k: v for k, v in data.items() if k in _CACHE_OPTION_KEYS}, path)
+        if options.path is not None and options.backend != "sqlite":
+            raise self.error(f"{path}.path", f"only the sqlite backend takes a path (backend is {options.backend})")
+        if options.backend == "sqlite":
+            file = Path(os.path.expanduser(options.path or DEFAULT_CACHE_FILE))
+            options = replace(options, path=str(file if file.is_absolute() else self.base_dir / file))
+        return replace(base, name=name, provider="cache", model=None, params={}, cache=options,
+                       # a miss is never retried: no retries, so no retry budget either
+                       retry=replace(base.retry, attempts=1, budget=replace(base.retry.budget, enabled=False)),
+                       rate_limit=RateLimitPolicy(),  # no provider to pace: defaults.rate_limit is not for it
+                       breaker=self.build(BreakerPolicy, data.get("breaker", {}), f"{path}.breaker", base.breaker),
+                       degraded=self.value(data.get("degraded", True), f"{path}.degraded", bool),
+                       **self.limits({k: v for k, v in data.items() if k == "timeout"}, path))
+
+    def check_cache_backends(self, targets: Mapping[str, TargetConfig], state: StateConfig) -> None:
+        for name, target in targets.items():
+            if target.cache is not None and target.cache.backend == "redis" and state.backend != "redis":
+                raise self.error(f"targets.{name}.backend", "the redis cache backend uses state.url; set "
+                                                            "state: {backend: redis, url: redis://host:port/db}")
 
     def chain(self, name: str, raw: Any, targets: Mapping[str, TargetConfig]) -> ChainConfig:
         path = f"chains.{name}"

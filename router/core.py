@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from .cache.tier import open_caches
 from .config import config_from_dict, load_config
 from .deadline import Deadline
 from .errors import InvalidRequest
@@ -36,14 +37,14 @@ class Router:
 
     `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
     backoff waits (tests pass a recorder, or a no-op to turn waits off); `target_factory`
-    builds the object that answers for each configured target (`router advise --replay`
-    passes one that plays a recorded log back).
+    builds the object that answers for each configured target (default: `build_target`;
+    `router advise --replay` passes one that plays a recorded log back).
     """
 
     def __init__(self, config: RouterConfig, *, listeners: Iterable[Listener] = (),
                  sleep: Callable[[float], Any] = time.sleep,
                  async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 target_factory: Callable[[TargetConfig], Target] = build_target) -> None:
+                 target_factory: Callable[[TargetConfig], Target] | None = None) -> None:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -51,7 +52,9 @@ class Router:
         self._state = build_state(config.state, source=config.source)
         self._guards = {name: build_guard(target, self._state, self._circuit_changed)
                         for name, target in config.targets.items()}
-        self._targets: dict[str, Target] = {name: target_factory(target) for name, target in config.targets.items()
+        self._answers = open_caches(config)
+        build = target_factory or (lambda target: build_target(target, self._answers))
+        self._targets: dict[str, Target] = {name: build(target) for name, target in config.targets.items()
                                             if not target.disabled}
         self._redact = Redactor(t.api_key.reveal() for t in config.targets.values() if t.api_key)
         for name, target in self._targets.items():
@@ -109,7 +112,7 @@ class Router:
               params: dict[str, Any]) -> Walk:
         request = build_request(messages, {**params, "stream": stream})
         crew = Crew(self._targets, self._guards, self._events, self._redact, self._sleep, self._async_sleep,
-                    self.config.offline, self.config.deadline)
+                    self.config.offline, self.config.deadline, self._answers)
         return Walk(self._chain(chain), request, self._deadline(deadline), crew)
 
     # -- operators -------------------------------------------------------------------------
@@ -138,6 +141,24 @@ class Router:
         self._guard(target).force_close()
 
     reset = force_close
+
+    def cache_stats(self) -> dict[str, dict[str, Any]]:
+        """Each cache tier: backend, entries, bytes, hits, ages of its oldest and newest
+        answers, and what this process counted (hits, misses, writes, errors)."""
+        return {name: cache.stats() for name, cache in self._answers.caches.items()}
+
+    def clear_cache(self, target: str | None = None) -> dict[str, int]:
+        """Forget every answer of one cache tier (or of all): how many each had."""
+        names = [target] if target is not None else list(self._answers.caches)
+        unknown = [n for n in names if n not in self._answers.caches]
+        if unknown:
+            raise KeyError(f"{unknown[0]!r} is not a cache target; cache targets: {', '.join(self._answers.caches)}")
+        return {name: self._answers.caches[name].clear() for name in names}
+
+    def flush_cache(self, timeout: float = 5.0) -> bool:
+        """Wait until answers already handed to the cache tiers are written (sqlite and Redis
+        write in the background; this also runs at exit). False if `timeout` passed first."""
+        return self._answers.flush(timeout)
 
     def add_listener(self, listener: Listener) -> None:
         """Also tell `listener` every event from now on."""

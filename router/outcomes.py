@@ -44,6 +44,7 @@ class Outcome(str, Enum):
     UNSENT = "unsent"  # failed in our process (the provider SDK's client side) before any request left
     UNSUPPORTED = "unsupported"  # the target cannot serve this kind of request (tools on the local tier)
     CANCELLED = "cancelled"  # the caller gave up
+    CACHE_MISS = "cache_miss"  # a cache tier had no fresh answer for this request
     # why a target was passed over without a request
     CIRCUIT_OPEN = "circuit_open"
     DISABLED = "disabled"
@@ -81,6 +82,8 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.UNSENT: Handling(retry=False, counts=False, fail_over=True),
     Outcome.UNSUPPORTED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.CANCELLED: Handling(retry=False, counts=False, fail_over=False),
+    # Asking the cache again finds the same nothing; a miss says nothing about the cache's health.
+    Outcome.CACHE_MISS: Handling(retry=False, counts=False, fail_over=True),
     # The attempt's timeout was cut short by the call's deadline: no verdict on the target.
     Outcome.DEADLINE: Handling(retry=False, counts=False, fail_over=True),
 }

@@ -193,8 +193,10 @@ def replay(events: list[dict[str, Any]], config: RouterConfig, *, seed: int = 0)
         found, horizon = recorded.get(target.name, ([], 0.0))
         return ReplayTarget(target, Tape(found, horizon), clock, tally)
 
+    # cache tiers in memory too: a replay must not write its answers into the real cache
     simulated_config = replace(config, state=StateConfig(), events=EventsConfig(), offline=False,
-                               targets={n: replace(t, disabled=None) for n, t in config.targets.items()})
+                               targets={n: replace(t, disabled=None, cache=t.cache and replace(
+                                   t.cache, backend="memory", path=None)) for n, t in config.targets.items()})
     served: Counter = Counter()
     latencies: list[float] = []
     with simulated(clock), _seeded(seed), _quiet():

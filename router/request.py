@@ -22,8 +22,10 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 RESERVED_PARAMS = frozenset({"model", "messages", "api_key", "api_base", "base_url", "max_retries",
                              "num_retries", "timeout", "request_timeout", "fallbacks",
                              "context_window_fallbacks"})
-# What a config's `params` may not set either: those, and whether a call streams.
-ROUTER_OWNED_PARAMS = RESERVED_PARAMS | {"stream"}
+# Per-call arguments for the router itself: never passed on to a target.
+ROUTER_CALL_PARAMS = frozenset({"stream", "cache", "cache_scope"})
+# What a config's `params` may not set either: those, and the router's own per-call arguments.
+ROUTER_OWNED_PARAMS = RESERVED_PARAMS | ROUTER_CALL_PARAMS
 MAX_DEADLINE_S = 86400.0  # one day: a longer per-call deadline is a mistake, not a wish
 _MAX_DEPTH = 32  # nesting of a message or parameter value
 
@@ -35,6 +37,8 @@ class Request:
     messages: list[dict[str, Any]]
     params: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
+    cache: bool = True  # read and write cache tiers (`cache=False` per call: neither)
+    cache_scope: str | None = None  # part of the cache key, never sent to a provider
 
     @property
     def wants_tools(self) -> bool:
@@ -56,8 +60,13 @@ def build_request(messages: Any, params: Mapping[str, Any]) -> Request:
     stream = params.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be true or false, got {stream!r}")
-    rest = {k: v for k, v in params.items() if k != "stream"}
-    return Request(messages=[dict(m) for m in messages], params=rest, stream=stream)
+    cache, scope = params.get("cache", True), params.get("cache_scope")
+    if not isinstance(cache, bool):
+        raise InvalidRequest(f"cache must be true or false, got {cache!r}")
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidRequest(f"cache_scope must be a string, got {type(scope).__name__}")
+    rest = {k: v for k, v in params.items() if k not in ROUTER_CALL_PARAMS}
+    return Request(messages=[dict(m) for m in messages], params=rest, stream=stream, cache=cache, cache_scope=scope)
 
 
 def check_params(params: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ class Route:
     degraded: bool = False
     notes: list[str] = field(default_factory=list)  # e.g. "local: dropped 2 oldest messages"
     latency_s: float = 0.0  # whole call
+    cache_age_s: float | None = None  # how old the answer is, when a cache tier served it
 
 
 @dataclass
@@ -108,6 +109,38 @@ class Response:
             created=get("created") or int(time.time()),
             raw=data,
         )
+
+
+def answer_of(chunks: list[Chunk]) -> Response:
+    """The whole answer a finished stream delivered, as one `Response`: contents joined,
+    tool-call fragments merged by their index (ids and names kept, arguments joined)."""
+    first = next((c for c in chunks if c.id), chunks[0] if chunks else None)
+    texts: dict[int, list[str]] = {}
+    calls: dict[int, dict[int, dict[str, Any]]] = {}
+    roles: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            i = choice.index
+            texts.setdefault(i, [])
+            if choice.delta.role:
+                roles.setdefault(i, choice.delta.role)
+            if choice.delta.content:
+                texts[i].append(choice.delta.content)
+            for part in choice.delta.tool_calls or ():
+                call = calls.setdefault(i, {}).setdefault(part.get("index", 0), {"function": {"arguments": ""}})
+                for key in ("id", "type"):
+                    call[key] = call.get(key) or part.get(key)
+                function = part.get("function") or {}
+                call["function"]["name"] = call["function"].get("name") or function.get("name")
+                call["function"]["arguments"] += function.get("arguments") or ""
+            if choice.finish_reason:
+                finishes[i] = choice.finish_reason
+    choices = [Choice(i, Message(roles.get(i, "assistant"), "".join(texts[i]) or None,
+                                 [calls[i][j] for j in sorted(calls[i])] if i in calls else None),
+                      finishes.get(i)) for i in sorted(texts)]
+    return Response(id=first.id if first else "", model=next((c.model for c in chunks if c.model), ""),
+                    choices=choices, usage=Usage(), created=first.created if first else int(time.time()))
 
 
 def _usage(data: Any) -> Usage | None:

@@ -94,11 +94,22 @@ class LocalOptions:
 
 
 @dataclass(frozen=True)
+class CacheOptions:
+    """A cache tier (`provider: cache`): the last good answer to the same request (router/cache/)."""
+
+    backend: str = field(default="memory", metadata={"choices": ("memory", "sqlite", "redis")})
+    path: str | None = None  # sqlite only; relative to the config file (default .router-cache.sqlite)
+    ttl: float = field(default=86400.0, metadata={"min": 0.001, "max": 365 * 86400.0})  # seconds it may be served
+    max_entries: int = field(default=10000, metadata=_at_least(1))  # least recently used go first
+    max_answer_bytes: int = field(default=262144, metadata=_at_least(1))  # larger answers are not kept
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """One provider + model: what is called, and how it is protected."""
 
     name: str
-    provider: str  # "litellm" (any remote provider) or "llama_cpp"
+    provider: str  # "litellm" (any remote provider), "llama_cpp" or "cache"
     model: str | None
     timeout: float
     retry: RetryPolicy
@@ -114,11 +125,12 @@ class TargetConfig:
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
     rate_limit: RateLimitPolicy = RateLimitPolicy()  # client-side pacing and learned provider limits
     local: LocalOptions | None = None
+    cache: CacheOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
 
     @property
     def is_remote(self) -> bool:
-        return self.provider != "llama_cpp"
+        return self.provider not in ("llama_cpp", "cache")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 from .deadline import Deadline
 from .errors import StreamInterrupted
 from .outcomes import Outcome, TargetFailure
-from .response import Chunk, ChunkChoice, Delta, Route
+from .response import Chunk, ChunkChoice, Delta, Route, answer_of
 from .schema import TargetConfig
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
 from .walk import Admission, Member, Walk, Won, chain_async, chain_sync
@@ -60,6 +60,7 @@ class _StreamCore:
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
         self.continued = False
+        self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
         if opened is not None:
             self.switch(opened)
@@ -101,6 +102,8 @@ class _StreamCore:
         if self.continued and not _carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
+        if self.kept is not None:
+            self.kept.append(chunk)
         self.parts.append(chunk.text)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         return chunk
@@ -120,6 +123,8 @@ class _StreamCore:
         assert self.opened is not None
         self.walk.succeeded(self.opened.member, self.opened.admission)
         self.walk.finish("ok")
+        if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
+            self.walk.answered(self.opened.config, answer_of(self.kept))
         self.opened = None
 
     def broke(self, exc: BaseException) -> list[Member]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .breaker import CircuitOpen, Ticket
+from .cache.tier import AnswerCaches, CacheHit
 from .deadline import Deadline
 from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
 from .events import Events
@@ -58,6 +59,7 @@ class Crew(NamedTuple):
     async_sleep: Callable[[float], Awaitable[Any]]
     offline: bool  # remote targets are skipped
     deadline_s: float  # the configured call deadline (a broken stream's continuation gets a new one)
+    answers: AnswerCaches | None = None  # the cache tiers, fed by the "answered" hook
 
 
 class Member(NamedTuple):
@@ -150,7 +152,7 @@ class Walk:
         window, overflowed = config.context_window, self._overflowed
         if overflowed is not None and window and window <= overflowed:
             return Outcome.TOO_SMALL, f"context window {window} is not larger than {overflowed}, already too small"
-        if self.deadline.remaining() <= 0:
+        if self.deadline.remaining() <= 0 and config.cache is None:  # a cache tier answers in no time
             return Outcome.DEADLINE, "the call's deadline had passed"
         return None
 
@@ -196,7 +198,12 @@ class Walk:
         return result
 
     def note(self, config: TargetConfig) -> Note:
-        return lambda text: self.route.notes.append(f"{config.name}: {text}")
+        def add(text: Any) -> None:
+            if isinstance(text, CacheHit):
+                self.route.cache_age_s = text.age_s
+            self.route.notes.append(f"{config.name}: {text}")
+
+        return add
 
     def succeeded(self, member: Member, admission: Admission, response: Response | None = None) -> None:
         member.guard.succeeded(admission.ticket, admission.permit, response)
@@ -262,7 +269,8 @@ class Walk:
     def gave_up(self, member: Member, verdict: Verdict) -> None:
         """Note why a target gave up; raise when the outcome must not fail over."""
         config, failure = member.config, verdict.failure
-        self.errors[config.name] = self.redacted(failure, config.name)
+        if failure.outcome is not Outcome.CACHE_MISS:  # a miss must not hide the providers' own errors
+            self.errors[config.name] = self.redacted(failure, config.name)
         if failure.outcome is Outcome.CONTEXT_TOO_LONG and config.context_window:
             self._overflowed = min(self._overflowed or config.context_window, config.context_window)
         if failure.outcome is Outcome.MISCONFIGURED:
@@ -281,7 +289,18 @@ class Walk:
         self.route.degraded = config.degraded
         self.finish("ok")
         response.route = self.route
+        self.answered(config, response)
         return response
+
+    @property
+    def keeps_answers(self) -> bool:
+        answers = self.crew.answers
+        return answers is not None and answers.keeps(self.chain.name, self.request)
+
+    def answered(self, config: TargetConfig, response: Response) -> None:
+        """The call is answered: cache tiers of the chain may keep the answer."""
+        if self.crew.answers is not None:
+            self.crew.answers.answered(self.chain.name, self.request, config, response, self.route)
 
     def give_up(self) -> Response:
         """The static reply when the chain has one, else `AllTargetsFailed`."""

@@ -88,6 +88,7 @@ TABLE = {  # outcome: (retry, counts, fail_over), as the README's table says
     Outcome.DEADLINE: (False, False, True),
     Outcome.UNSENT: (False, False, True),  # failed inside our process before a request left it
     Outcome.UNSUPPORTED: (False, False, True),  # the target cannot serve this request (tools, locally)
+    Outcome.CACHE_MISS: (False, False, True),
 }
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..request import Request
 from ..response import Response
 from ..schema import TargetConfig
+
+if TYPE_CHECKING:
+    from ..cache.tier import AnswerCaches
 
 Note = Callable[[str], None]
 
@@ -52,8 +55,14 @@ class Target(Protocol):
         """Get ready before the first call (load a model); by default nothing to do."""
 
 
-def build_target(config: TargetConfig) -> Target:
-    """The target object for one configured target (imports nothing heavy)."""
+def build_target(config: TargetConfig, caches: AnswerCaches | None = None) -> Target:
+    """The target object for one configured target (imports nothing heavy); a cache tier
+    reads its store from `caches`."""
+    if config.provider == "cache":
+        from .cache import CacheTarget
+
+        assert caches is not None, "a cache target needs the Router's caches"
+        return CacheTarget(config, caches.caches[config.name])
     if config.provider == "llama_cpp":
         from .local import LocalTarget
 

@@ -43,6 +43,7 @@ class Ok:
     text: str = DEFAULT_TEXT
     delay: float = 0.0
     headers: Optional[dict] = None
+    finish_reason: str = "stop"
     kind: str = _kind("ok")
 
 
@@ -171,11 +172,13 @@ def _check_delay(name: str, value: Optional[float]) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0, headers: Optional[Mapping[str, str]] = None) -> Ok:
+def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0, headers: Optional[Mapping[str, str]] = None,
+       finish_reason: str = "stop") -> Ok:
     """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte),
-    with extra response ``headers``."""
+    with extra response ``headers`` and ``finish_reason`` (``"length"``: an answer cut by
+    the token limit)."""
     _check_delay("delay", delay)
-    return Ok(text=text, delay=delay, headers=dict(headers) if headers else None)
+    return Ok(text=text, delay=delay, headers=dict(headers) if headers else None, finish_reason=finish_reason)
 
 
 def status(

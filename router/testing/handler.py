@@ -85,7 +85,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self._sleep(fault.delay)
         if body.get("stream"):
             return self._play_stream(faults.stream(fault.text), body)
-        self._send_json(200, _completion(body, fault.text), list((fault.headers or {}).items()))
+        self._send_json(200, _completion(body, fault.text, fault.finish_reason), list((fault.headers or {}).items()))
 
     def _play_status(self, fault: faults.Status, body: dict) -> None:
         headers = []
@@ -260,9 +260,9 @@ def _usage(body: dict, text: str) -> dict:
             "total_tokens": prompt + completion}
 
 
-def _completion(body: dict, text: str) -> dict:
+def _completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
     message = {"role": "assistant", "content": text}
     return {"id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
             "usage": _usage(body, text)}

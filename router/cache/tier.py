@@ -1,0 +1,206 @@
+"""One cache tier (`AnswerCache`), and the Router's hook that feeds each cache tier of a
+chain with that chain's good answers (`AnswerCaches.answered`).
+
+A read is one store lookup on the caller's path (a hit is served; anything else is a
+`cache_miss`, which counts against nothing and is never retried). Writes happen after
+the answer is complete: the key and the answer's text are made on the caller's thread
+(~15 us for a short chat; the caller may change the response object afterwards), the
+store write itself inline for the memory store, on a background thread for sqlite and
+Redis. A store that fails is logged once (and once more when it works again); a call
+never fails because of its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..outcomes import Outcome, TargetFailure
+from ..request import Request
+from ..response import Response, Route
+from ..schema import ChainConfig, RouterConfig, TargetConfig
+from .policy import cache_key, decode, encode, why_not_kept
+from .stores import AnswerStore, MemoryStore, SqliteStore
+from .writer import BackgroundWriter
+
+log = logging.getLogger("router")
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """What a cache tier notes in the route when it answers (the walk sets route.cache_age_s)."""
+
+    age_s: float
+
+    def __str__(self) -> str:
+        return f"served from the cache, stored {self.age_s:.1f} s ago"
+
+
+class AnswerCache:
+    """One cache tier: its store, its bounds, its writes, and what this process saw of it."""
+
+    def __init__(self, config: TargetConfig, store: AnswerStore) -> None:
+        assert config.cache is not None
+        self.name = config.name
+        self.options = config.cache
+        self.store = store
+        self.writer = BackgroundWriter(config.name) if store.does_io else None
+        self.counts = {"hits": 0, "misses": 0, "writes": 0, "too_large": 0, "read_errors": 0, "write_errors": 0}
+        self._failing: set[str] = set()
+
+    def lookup(self, request: Request) -> tuple[Response, CacheHit]:
+        """The stored answer to `request` and its age; a `cache_miss` TargetFailure if none."""
+        if not request.cache:
+            raise TargetFailure(Outcome.CACHE_MISS, "not read: the call said cache=False")
+        key, now = cache_key(request), time.time()
+        try:
+            stored = self.store.get(key, now)
+        except Exception as exc:
+            self.counts["read_errors"] += 1
+            self._trouble("read", exc)
+            raise TargetFailure(Outcome.CACHE_MISS, f"the {self.store.backend} store could not be read: "
+                                                    f"{type(exc).__name__}") from exc
+        self._works("read")
+        if stored is None:
+            self.counts["misses"] += 1
+            raise TargetFailure(Outcome.CACHE_MISS, f"no answer stored for this request within the last "
+                                                    f"{self.options.ttl:g} s")
+        self.counts["hits"] += 1
+        self._run(lambda: self.store.touch(key, now))
+        return decode(stored.payload), CacheHit(max(0.0, now - stored.stored_at))
+
+    async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
+        """`lookup` without blocking the event loop on a store that does I/O."""
+        if self.writer is None:
+            return self.lookup(request)
+        return await asyncio.to_thread(self.lookup, request)
+
+    def keep(self, key: str, payload: str) -> None:
+        """Store an answer (already encoded) under `key`, unless it is too large."""
+        if len(payload) > self.options.max_answer_bytes or len(payload.encode()) > self.options.max_answer_bytes:
+            self.counts["too_large"] += 1
+            return
+        now = time.time()
+        self._run(lambda: self._put(key, payload, now))
+
+    def _put(self, key: str, payload: str, now: float) -> None:
+        self.store.put(key, payload, now)
+        self.counts["writes"] += 1
+
+    def _run(self, write: Callable[[], None]) -> None:
+        def job() -> None:
+            try:
+                write()
+            except Exception as exc:
+                self.counts["write_errors"] += 1
+                self._trouble("write", exc)
+            else:
+                self._works("write")
+
+        if self.writer is None:
+            job()
+        elif not self.writer.submit(job):
+            self._trouble("write", RuntimeError(f"{self.writer.dropped} writes dropped: the store is too slow"))
+
+    def _trouble(self, kind: str, exc: BaseException) -> None:
+        if kind not in self._failing:
+            self._failing.add(kind)
+            log.warning("router: cache %r: %s failed (%s: %s); calls go on without it", self.name, kind,
+                        type(exc).__name__, exc)
+
+    def _works(self, kind: str) -> None:
+        if kind in self._failing:
+            self._failing.discard(kind)
+            log.info("router: cache %r: %s works again", self.name, kind)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return self.writer.flush(timeout) if self.writer is not None else True
+
+    def stats(self) -> dict[str, Any]:
+        self.flush()
+        info: dict[str, Any] = {"backend": self.store.backend, "ttl": self.options.ttl,
+                                "max_entries": self.options.max_entries}
+        if self.options.path:
+            info["path"] = self.options.path
+        info.update(self.store.stats(time.time()))
+        info["this_process"] = dict(self.counts)
+        return info
+
+    def clear(self) -> int:
+        self.flush()
+        return self.store.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.store.close()
+
+
+class AnswerCaches:
+    """Every cache tier of one Router, and which chains write to which."""
+
+    def __init__(self, caches: Mapping[str, AnswerCache], chains: Mapping[str, ChainConfig]) -> None:
+        self.caches = dict(caches)
+        self._writes = {name: [self.caches[t] for t in chain.targets if t in self.caches]
+                        for name, chain in chains.items()}
+
+    def keeps(self, chain: str, request: Request) -> bool:
+        """Will an answer to `request` on `chain` be written to a cache tier?"""
+        return request.cache and bool(self._writes.get(chain))
+
+    def answered(self, chain: str, request: Request, config: TargetConfig, response: Response, route: Route) -> None:
+        """The hook: `config` answered `request` on `chain`; keep the answer if it deserves it."""
+        caches = self._writes.get(chain)
+        if not caches or not request.cache or config.degraded or config.cache is not None:
+            return
+        reason = why_not_kept(request, response, route, config.params)
+        if reason is not None:
+            log.debug("router: answer of %r not cached: %s", config.name, reason)
+            return
+        key, payload = cache_key(request), encode(response)
+        for cache in caches:
+            cache.keep(key, payload)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        return all([cache.flush(timeout) for cache in self.caches.values()])
+
+    def close(self) -> None:
+        for cache in self.caches.values():
+            cache.close()
+
+
+def open_caches(config: RouterConfig) -> AnswerCaches:
+    """The cache tiers of `config`, their stores opened (a store that cannot be: ConfigError)."""
+    caches: dict[str, AnswerCache] = {}
+    client: Any = None
+    for name, target in config.targets.items():
+        options = target.cache
+        if options is None:
+            continue
+        store: AnswerStore
+        if options.backend == "sqlite":
+            assert options.path is not None
+            try:
+                store = SqliteStore(options.path, options.ttl, options.max_entries)
+            except Exception as exc:
+                raise ConfigError(f"cannot open the sqlite cache {options.path}: {type(exc).__name__}: {exc}",
+                                  file=config.source, key_path=f"targets.{name}.path") from None
+        elif options.backend == "redis":
+            from .redis_answers import RedisStore, redis_client
+
+            if client is None:
+                try:
+                    client = redis_client(config.state.url or "")
+                except ImportError:
+                    raise ConfigError("the redis cache backend needs the redis package: pip install "
+                                      "'failover-router[redis]'", file=config.source,
+                                      key_path=f"targets.{name}.backend") from None
+            store = RedisStore(client, config.state.namespace, name, options.ttl, options.max_entries)
+        else:
+            store = MemoryStore(options.ttl, options.max_entries)
+        caches[name] = AnswerCache(target, store)
+    return AnswerCaches(caches, config.chains)
