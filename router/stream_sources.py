@@ -42,8 +42,7 @@ class ThreadedSource:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._chunks: Any = None
-        self.thread = threading.Thread(target=self._pump, args=(open_chunks,), daemon=True, name="router-stream")
-        self.thread.start()
+        threading.Thread(target=self._pump, args=(open_chunks,), daemon=True, name="router-stream").start()
 
     def _pump(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
         chunks = None

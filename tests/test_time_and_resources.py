@@ -156,6 +156,15 @@ def test_async_calls_with_tiny_deadlines_reuse_one_client_per_loop(server, make_
 # -- 3, 4: the local tier from asyncio ------------------------------------------------------
 
 
+async def cancelled_in(task: asyncio.Task) -> float:
+    """Cancel `task`: seconds until its `CancelledError` reached the canceller."""
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return time.monotonic() - started
+
+
 def test_sixteen_async_local_calls_all_end_within_their_deadline(model_path):
     router = local_router(model_path, pool_size=1, max_queue=16)
 
@@ -187,11 +196,7 @@ def test_cancelling_an_async_local_call_stops_the_generation_and_frees_the_model
         task = asyncio.create_task(router.acomplete(LONG, **ENDLESS))
         await asyncio.sleep(0.4)
         assert pool.size - len(pool._free) == 1  # generating
-        cancelled = time.monotonic()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        stopped = time.monotonic() - cancelled
+        stopped = await cancelled_in(task)
         free_after = len(pool._free)
         started = time.monotonic()
         resp = await router.acomplete(HI, temperature=0, max_tokens=4)  # max_queue=0: refused if still busy
@@ -218,15 +223,9 @@ def test_a_cancelled_caller_waiting_for_a_local_model_leaves_the_queue_at_once(m
         waiting = asyncio.create_task(router.acomplete(LONG, **ENDLESS))
         await asyncio.sleep(0.3)
         assert len(pool._waiters) == 1
-        cancelled = time.monotonic()
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        left = time.monotonic() - cancelled
+        left = await cancelled_in(waiting)
         assert not pool._waiters
-        busy.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await busy
+        await cancelled_in(busy)
         return left
 
     assert asyncio.run(main()) < 0.5
@@ -245,12 +244,8 @@ def test_an_async_local_stream_opening_behind_a_busy_model_is_cancelled_at_once(
         opening = asyncio.create_task(router.acomplete(LONG, stream=True, **ENDLESS))
         await asyncio.sleep(0.3)
         assert len(pool._waiters) == 1
-        cancelled = time.monotonic()
-        opening.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await opening
+        left = await cancelled_in(opening)
         assert settle(lambda: not pool._waiters, within=0.5)
-        left = time.monotonic() - cancelled
         closed = time.monotonic()
         await busy.aclose()
         assert settle(lambda: len(pool._free) == 1, within=1.0)

@@ -5,15 +5,18 @@ llama.cpp generates in a blocking C loop, so an `acomplete` to the local tier ru
 worker thread. Two things then need care, both measured on this project's 2 cores:
 
 - asyncio's default thread pool has min(32, cores + 4) = 6 threads: 16 concurrent calls
-  with a 3 s deadline waited there before their own clock started, and ran up to 5.7 s.
+  with a 3 s deadline waited there before their own clock started, and ran up to 6 s.
   Each `LocalTarget` gets its own executor, sized for every caller its pool may hold
   (`pool_size + max_queue`), and a call's `LocalCall.deadline` starts before it is
-  queued: the deadline covers every wait.
+  queued: the deadline covers every wait (the same 16 calls: 3.02 s).
 - cancelling the awaiting task does not stop a thread: the model kept generating for
   seconds while the bulkhead already showed the slot free. `LocalCall.cancel()` is read
   by the model between two tokens (and by a caller waiting for a model), and the
   cancelled task waits for its thread to hand the model back (one token, ~10 ms) before
   it re-raises, so the next caller finds the model free.
+
+llama.cpp checks only between tokens: a prompt being evaluated runs to its end (short
+prompts: tens of ms; a freshly loaded model's first prompt took seconds on a busy machine).
 """
 
 from __future__ import annotations
