@@ -13,9 +13,21 @@ as a tape, in time order. A replayed attempt at time t takes the next unused one
 started within `horizon` of t, first dropping those that started more than `horizon`
 before t (the provider's past, which this replay did not ask about). When none is that
 close (the recorded router sent nothing then: its circuit was open, or the log has
-ended), the nearer of the recorded attempts before and after t answers, and stays on
-the tape. `horizon` is the longest backoff plus the slowest attempt seen for that
-target: the spread of one call's retries.
+ended), the nearer in time of the recorded attempts just before and after t answers,
+used or not (a replay that reaches the target more often than the recording did uses up
+attempts ahead of t), and stays on the tape. `horizon` is the longest backoff plus the
+slowest attempt seen for that target: the spread of one call's retries.
+
+One exception: the quiet before a probe that closed an opening at once (evidence.py's
+false trip: the failures that opened it had stopped) is answered as that probe found
+the target, and the probe is not used up before its recorded time. That is the reading
+`advise` recommends fail_max on (such a run is noise). The nearer-one rule there had the
+target failing for half a reset_timeout after every burst, so whether fail_max 3 -> 5
+tripped anyway (one call later) hung on how many calls the recording machine fitted
+into that half: on 8 recordings of the test's bursty log, the replay of fail_max 5 sent
+20-27 failing requests where the log holds 18, and failed over 15-162 calls against
+63-160 for the current config; now 15-19 failing requests (a replay that runs ahead of
+the tape may ask again inside a burst) and 4-14 failed-over calls against 55-143.
 
 Limits: calls are replayed one after another at their recorded start times (or as soon
 as the previous replayed call ends), so concurrency is not reproduced; streams replay
@@ -26,6 +38,7 @@ cannot be known.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import random
@@ -35,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .evidence import attempt_start, counts, percentile, reached
+from .evidence import attempt_start, counts, gather, percentile, reached
 from .clock import SimulatedClock, simulated
 from .errors import RouterError
 from .outcomes import Outcome, TargetFailure
@@ -55,6 +68,7 @@ class Recorded:
     latency_s: float
     status: int | None = None
     retry_after_s: float | None = None
+    ends_noise: bool = False  # the probe that closed an opening at once: the failures before it had stopped
 
 
 class Tape:
@@ -62,6 +76,7 @@ class Tape:
 
     def __init__(self, entries: list[Recorded], horizon: float) -> None:
         self.entries = sorted(entries, key=lambda r: r.start)
+        self.starts = [r.start for r in self.entries]
         self.horizon = horizon
         self.next = 0
 
@@ -72,13 +87,17 @@ class Tape:
         while self.next < len(entries) and entries[self.next].start < t - self.horizon:
             self.next += 1  # the provider's past, which this replay did not ask about
         if self.next < len(entries) and entries[self.next].start <= t + self.horizon:
+            if entries[self.next].ends_noise and t < entries[self.next].start:
+                return entries[self.next]  # the quiet after noise, as its probe found it (kept for its time)
             self.next += 1
             return entries[self.next - 1]
         # A moment when the recorded router sent nothing (its circuit was open, say): the
-        # provider was most likely as at the nearer of the requests before and after it.
-        before = entries[self.next - 1] if self.next else None
-        after = entries[self.next] if self.next < len(entries) else None
-        if before is None or (after is not None and after.start - t < t - before.start):
+        # provider was most likely as at the nearer of the requests before and after it,
+        # in time (a replay that ran ahead of the tape has used up requests after t).
+        at = bisect.bisect_right(self.starts, t)
+        before = entries[at - 1] if at else None
+        after = entries[at] if at < len(entries) else None
+        if before is None or (after is not None and (after.ends_noise or after.start - t < t - before.start)):
             return after
         return before
 
@@ -158,6 +177,15 @@ def tapes(events: list[dict[str, Any]]) -> dict[str, tuple[list[Recorded], float
         slowest[target] = max(slowest[target], latency)
         entries[target].append(Recorded(attempt_start(e), e["outcome"], latency, e.get("status"),
                                         e.get("retry_after_s")))
+    for name, evidence in gather(events).items():
+        found = sorted(entries.get(name, []), key=lambda r: r.start)
+        starts = [r.start for r in found]
+        for trip in evidence.false_trips:  # its probe: the first request sent after it opened
+            probe = bisect.bisect_left(starts, trip.opened_at)
+            if probe < len(found) and found[probe].outcome == Outcome.OK.value:
+                found[probe] = replace(found[probe], ends_noise=True)
+        if found:
+            entries[name] = found
     return {name: (found, waits[name] + slowest[name]) for name, found in entries.items()}
 
 
