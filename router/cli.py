@@ -125,9 +125,7 @@ def _complete(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .core import Router
-
-    router = Router.from_yaml(args.config)
+    router = _shared_state_router(args.config)
     report = router.status()
     shared = router.config.state.backend != "memory"
     if args.json:
@@ -172,9 +170,7 @@ def _rate_limit_text(info: dict | None) -> str:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from .core import Router
-
-    router = Router.from_yaml(args.config)
+    router = _shared_state_router(args.config)
     if args.target not in router.config.targets:
         print(f"router: unknown target {args.target!r}; configured: {', '.join(router.config.targets)}",
               file=sys.stderr)
@@ -187,6 +183,19 @@ def _control(args: argparse.Namespace) -> int:
     info = router.status()[args.target]
     print(json.dumps({"target": args.target, **info}) if args.json else f"{args.target}: {info['state']}")
     return EXIT_OK
+
+
+def _shared_state_router(path: str) -> Any:
+    """A Router for reading or steering shared circuits: a Redis that does not answer is an
+    error here (exit 2), not a fallback to this short-lived process's own state."""
+    from dataclasses import replace
+
+    from .core import Router
+
+    config = load_config(path)
+    if config.state.backend == "redis":
+        config = replace(config, state=replace(config.state, required=True))
+    return Router(config)
 
 
 def _cache(args: argparse.Namespace) -> int:

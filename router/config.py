@@ -286,6 +286,8 @@ class _Loader:
                 raise self.error("state.url", "expected a redis://, rediss:// or unix:// URL")
         elif state.url:
             raise self.error("state.url", "only the redis backend takes a url")
+        elif state.required:
+            raise self.error("state.required", "only the redis backend can be required")
 
     # -- values -----------------------------------------------------------------------
 

@@ -55,14 +55,28 @@ class RedisLink:
             return local()
 
     def _lost(self, exc: BaseException) -> None:
+        if not self._go_local():
+            return
+        log.warning("router: redis at %s is not answering (%s: %s); circuit state and retry budgets are kept "
+                    "in this process until it answers again", self._shown, type(exc).__name__, exc)
+
+    def absent_at_start(self, exc: BaseException) -> None:
+        """Redis did not answer when the process started: begin on local state (fresh, there
+        is nothing Redis said yet) and join Redis when it answers, as after an outage."""
+        self._go_local()
+        log.warning("router: redis at %s is not answering at start (%s: %s); starting with circuit state and "
+                    "retry budgets kept in this process, shared once it answers", self._shown,
+                    type(exc).__name__, exc)
+
+    def _go_local(self) -> bool:
+        """Switch to local state; False when it already was."""
         with self._lock:
             if not self.up:
-                return
+                return False
             self.up = False
             self.outage += 1
             self._next_ping = time.monotonic() + RESYNC_EVERY_S
-        log.warning("router: redis at %s is not answering (%s: %s); circuit state and retry budgets are kept "
-                    "in this process until it answers again", self._shown, type(exc).__name__, exc)
+        return True
 
     def _resync(self) -> bool:
         if time.monotonic() < self._next_ping or not self._pinging.acquire(blocking=False):

@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import clock
 from .learned import LearnedLimits
 from .rate_store import Buckets, Cost
 from .ratelimit import provider_limits
@@ -87,7 +87,7 @@ class _ThreadWaiter(_Waiter):
         self._event.set()
 
     def sleep(self, seconds: float) -> None:
-        self._event.wait(None if math.isinf(seconds) else max(0.0, seconds))
+        clock.wait(self._event, None if math.isinf(seconds) else max(0.0, seconds))
         self._event.clear()
 
 
@@ -104,10 +104,7 @@ class _TaskWaiter(_Waiter):
             pass
 
     async def sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._event.wait(), None if math.isinf(seconds) else max(0.0, seconds))
-        except asyncio.TimeoutError:
-            pass
+        await clock.async_wait(self._event, None if math.isinf(seconds) else max(0.0, seconds))
         self._event.clear()
 
 
@@ -121,12 +118,12 @@ class RateLimiter:
     """
 
     def __init__(self, target: str, policy: RateLimitPolicy, buckets: Buckets,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = clock.monotonic) -> None:
         self.target = target
         self.policy = policy
         self.buckets = buckets
         self.learned = LearnedLimits()
-        self._clock = clock
+        self._clock = now
         self._lock = threading.Lock()
         self._queue: deque[_Waiter] = deque()
         self._head_ready = 0.0  # when the head expects room

@@ -23,11 +23,11 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from . import clock
 from .schema import RateLimitPolicy
 
 PEER_WINDOW_S = 30.0  # a process that took nothing for this long no longer counts as a peer
@@ -105,9 +105,9 @@ class Buckets:
 class MemoryBuckets(Buckets):
     """The buckets of one target in this process."""
 
-    def __init__(self, rates: Rates, clock: Any = time.monotonic) -> None:
+    def __init__(self, rates: Rates, now: Any = clock.monotonic) -> None:
         self.rates = rates
-        self._clock = clock
+        self._clock = now
         self._tat = {"requests": -math.inf, "tokens": -math.inf}
         self._lock = threading.Lock()
 

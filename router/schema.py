@@ -148,6 +148,7 @@ class StateConfig:
     backend: str = field(default="memory", metadata={"choices": ("memory", "redis")})
     url: str | None = None
     namespace: str = "router"
+    required: bool = False  # True: a Redis that does not answer at start is a ConfigError
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,13 @@
 (`MemoryState`) or Redis, shared by every process and machine using the same namespace
 (`RedisState`). `build_state(config.state)` picks one.
 
-Redis is a help, never a dependency of a call. A URL that does not answer at start is a
-`ConfigError`. After that, any Redis error, or a reply slower than the socket timeout
-(20 ms unless the URL says `?socket_timeout=...`), switches the whole `RedisState` to
-state kept in this process until Redis answers again (fallback.py).
+Redis is a help, never a dependency of a call, nor of a start: a Redis outage during a
+deploy must not become an application outage. A URL that cannot be parsed is a
+`ConfigError`; one that does not answer at start is a warning, and the process starts on
+state kept in this process (a `ConfigError` only with `state.required: true`). After
+that, any Redis error, or a reply slower than the socket timeout (20 ms unless the URL
+says `?socket_timeout=...`), switches the whole `RedisState` to state kept in this
+process; it goes back to Redis when Redis answers again (fallback.py).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class MemoryState(State):
 def build_state(config: StateConfig, *, source: str = "<dict>") -> State:
     """The state backend of a config; `source` (the config file) names it in a ConfigError."""
     if config.backend == "redis":
-        return RedisState(config.url or "", config.namespace, source=source)
+        return RedisState(config.url or "", config.namespace, source=source, required=config.required)
     return MemoryState()
 
 
@@ -78,7 +81,7 @@ class RedisState(State):
     """Circuits, probe slots and budgets in Redis under `namespace`, for the whole fleet."""
 
     def __init__(self, url: str, namespace: str = "router", *, source: str = "<dict>",
-                 socket_timeout: float = SOCKET_TIMEOUT_S) -> None:
+                 socket_timeout: float = SOCKET_TIMEOUT_S, required: bool = False) -> None:
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -96,17 +99,22 @@ class RedisState(State):
         try:  # query options in the URL (?socket_timeout=0.05) win over these
             checker = redis.Redis.from_url(url, socket_timeout=CONNECT_CHECK_S,
                                            socket_connect_timeout=CONNECT_CHECK_S, **options)
-            try:
-                checker.ping()
-            finally:
-                checker.close()
             self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                                 socket_connect_timeout=socket_timeout, **options)
-        except (*errors, ValueError) as exc:
+        except (*errors, ValueError) as exc:  # a URL redis-py cannot parse
             raise ConfigError(f"cannot use redis at {self.shown_url}: {type(exc).__name__}: {exc}",
                               file=source, key_path="state.url") from None
         self._link = RedisLink(self._client, self.shown_url, errors)
         self._scripts = RedisScripts(self._client)
+        try:
+            checker.ping()
+        except errors as exc:
+            if required:
+                raise ConfigError(f"cannot use redis at {self.shown_url}: {type(exc).__name__}: {exc} "
+                                  f"(state.required is true)", file=source, key_path="state.url") from None
+            self._link.absent_at_start(exc)
+        finally:
+            checker.close()
 
     def circuit_storage(self, target: str) -> CircuitStorage:
         shared = RedisCircuitStorage(self._client, self.namespace, target, self._scripts)

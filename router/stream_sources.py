@@ -1,14 +1,15 @@
 """Reading a stream's chunks with exact timeouts, whatever produces them.
 
 A sync chunk iterator (litellm's, or the local model's generator) is drained by a daemon
-thread into a queue that the reader waits on with a timeout; an async one (litellm's) is
-read under `asyncio.wait_for`. Both answer `END` when the stream is over and raise
-`Stalled` when nothing came in time, so a stall is detected to the tenth of a second
-whatever the HTTP client's own timeouts are.
+thread into a queue that the reader waits on with a timeout (an asyncio reader waits on
+its event loop, never in asyncio's shared thread pool, where a wait would start late);
+an async one (litellm's) is read under `asyncio.wait_for`. Both answer `END` when the
+stream is over and raise `Stalled` when nothing came in time, so a stall is detected to
+the tenth of a second whatever the HTTP client's own timeouts are.
 
-Closing a source hangs up its connection at once, even while a thread is blocked reading
-it (a stalled provider holding the socket open): the socket is shut down, which wakes
-that read; closing it alone would not, nor tell the server.
+Closing a threaded source ends its thread now: the thread stops at the next chunk, and a
+thread blocked reading a connection is woken by the iterator's `abort()` (remote.py shuts
+the socket down), so an abandoned or stalled stream keeps neither a thread nor a socket.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,50 +29,78 @@ class Stalled(Exception):
 
 
 class ThreadedSource:
-    """A blocking chunk iterator drained by a daemon thread; read with exact timeouts."""
+    """A blocking chunk iterator drained by a daemon thread; read with exact timeouts.
 
-    def __init__(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
+    Given the running event `loop`, it is read with `anext` on that loop; else with `next`.
+    """
+
+    def __init__(self, open_chunks: Callable[[], Iterator[Any]],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._queue: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._loop = loop
+        self._aqueue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._chunks: Any = None
         threading.Thread(target=self._pump, args=(open_chunks,), daemon=True, name="router-stream").start()
 
     def _pump(self, open_chunks: Callable[[], Iterator[Any]]) -> None:
         chunks = None
         try:
-            chunks = self._chunks = open_chunks()
-            if self._stop.is_set():  # closed while opening
-                hang_up(chunks)
-            for chunk in chunks:
-                if self._stop.is_set():
-                    break
-                self._queue.put((True, chunk))
-            self._queue.put((True, END))
+            chunks = open_chunks()
+            with self._lock:
+                self._chunks = chunks
+            if not self._stop.is_set():
+                for chunk in chunks:
+                    if self._stop.is_set():
+                        break
+                    self._put((True, chunk))
+            self._put((True, END))
         except BaseException as exc:  # handed to the reader, who decides
-            self._queue.put((False, exc))
+            self._put((False, exc))
         finally:
             with contextlib.suppress(Exception):
                 getattr(chunks, "close", lambda: None)()
+
+    def _put(self, item: tuple[bool, Any]) -> None:
+        if self._loop is None:
+            self._queue.put(item)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is reading
+                self._loop.call_soon_threadsafe(self._aqueue.put_nowait, item)
 
     def next(self, timeout: float) -> Any:
         try:
             ok, item = self._queue.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             raise Stalled from None
-        if not ok:
-            raise item
-        return item
+        return _unpack(ok, item)
 
     def close(self) -> None:
-        self._stop.set()
-        if self._chunks is not None:
-            hang_up(self._chunks)
+        """Stop the thread at the next chunk, and wake it if it is blocked on a read."""
+        with self._lock:
+            self._stop.set()
+            chunks = self._chunks
+        abort = getattr(chunks, "abort", None)
+        if abort is not None:
+            with contextlib.suppress(Exception):
+                abort()
 
     async def anext(self, timeout: float) -> Any:
-        return await asyncio.to_thread(self.next, timeout)
+        try:
+            ok, item = await asyncio.wait_for(self._aqueue.get(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            raise Stalled from None
+        return _unpack(ok, item)
 
     async def aclose(self) -> None:
         self.close()
+
+
+def _unpack(ok: bool, item: Any) -> Any:
+    if not ok:
+        raise item
+    return item
 
 
 class AsyncSource:
@@ -101,15 +129,3 @@ class AsyncSource:
         if close is not None:
             with contextlib.suppress(Exception):
                 await close()
-
-
-def hang_up(chunks: Any) -> None:
-    """Shut down the socket under litellm's sync chunk iterator (its OpenAI SDK stream's
-    httpx response), waking a thread blocked reading it; anything else is left alone."""
-    response = getattr(getattr(chunks, "completion_stream", chunks), "response", None)
-    extensions = getattr(response, "extensions", None)
-    network = extensions.get("network_stream") if isinstance(extensions, dict) else None
-    sock = network.get_extra_info("socket") if network is not None else None
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)

@@ -366,6 +366,9 @@ class _Prelude:
         self.config = member.config
         self.chunks: deque[Chunk] = deque()
         self.limit = Deadline(min(self.config.first_token_timeout or admission.timeout, admission.timeout))
+        # the deadline cut the wait below the target's own limits: no verdict on the provider
+        own = min(self.config.timeout, self.config.first_token_timeout or self.config.timeout)
+        self.cut_by_deadline = admission.timeout < own
 
     def timeout(self) -> float:
         return self.limit.remaining()
@@ -379,7 +382,9 @@ class _Prelude:
         return _carries_answer(chunk)
 
     def stalled(self) -> TargetFailure:
-        if self.walk.deadline.remaining() <= 0.01:
+        """No content in time: the deadline's doing (outcome `deadline`, counting nothing, as
+        for a plain call) when it cut the wait below the target's own limits."""
+        if self.cut_by_deadline:
             return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
         return recovery.first_token_missed(self.config.first_token_timeout or self.config.timeout)
 
@@ -410,7 +415,7 @@ def _async_source(walk: Walk, member: Member, admission: Admission, partial: str
         note = walk.note(member.config)
         extra = {"partial": partial} if partial else {}
         return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note, **extra))
-    return ThreadedSource(lambda: _chunks(walk, member, admission, partial))
+    return ThreadedSource(lambda: _chunks(walk, member, admission, partial), loop=asyncio.get_running_loop())
 
 
 def _carries_answer(chunk: Chunk) -> bool:

@@ -171,17 +171,9 @@ class Walk:
     # -- one attempt -----------------------------------------------------------------------
 
     def attempt_timeout(self, config: TargetConfig) -> float:
-        """The next attempt's timeout: the target's, cut to what the deadline leaves.
-
-        A cut timeout is rounded down (whole seconds, tenths below 1 s): litellm caches one
-        HTTP client per distinct timeout, and an exact float would make a new one per call.
-        """
-        remaining = self.deadline.remaining()
-        if remaining >= config.timeout:
-            return config.timeout
-        if remaining > 1.0:
-            return float(int(remaining))
-        return int(remaining * 10) / 10 if remaining > 0.1 else remaining
+        """The next attempt's timeout: the target's, cut to exactly what the deadline leaves
+        (remote targets reuse one HTTP client whatever the timeout: targets/sdk_clients.py)."""
+        return self.deadline.cap(config.timeout)
 
     def cost(self) -> Cost:
         """What one attempt of this call takes from a rate limit: a request, its tokens (estimated)."""

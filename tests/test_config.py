@@ -148,6 +148,10 @@ BAD = [
     (MINIMAL_TARGETS + "chains: {default: [a]}\nstate: {backend: redis, url: '${ROUTER_TEST_NO_URL}'}\n",
      "state", "ROUTER_TEST_NO_URL is not set"),
     (MINIMAL_TARGETS + "chains: {default: [a]}\noffline: 1\n", "offline", "true or false"),
+    (MINIMAL_TARGETS + "chains: {default: [a]}\nstate: {required: true}\n", "state.required",
+     "only the redis backend"),
+    (MINIMAL_TARGETS + "chains: {default: [a]}\nstate: {backend: redis, url: 'redis://h', required: 2}\n",
+     "state.required", "true or false"),
 ]
 
 

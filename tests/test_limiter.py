@@ -374,3 +374,18 @@ def test_with_redis_away_each_process_paces_at_its_share_and_rejoins(server, sta
     time.sleep(1.1)  # the next use pings Redis again
     assert a.complete(HI).route.served_by == "primary"
     assert a.status()["primary"]["rate_limit"]["shared"] is True
+
+
+def test_on_a_simulated_clock_a_wait_for_room_moves_the_clock_instead_of_sleeping(server, make_router):
+    """`router advise --replay` runs the real walk on a simulated clock: a rate-limit wait (or
+    a 429's pause) must pass in simulated time, not hold the replay for real seconds."""
+    from router.clock import SimulatedClock, simulated
+
+    router = make_router({"primary": "m1"}, defaults={"rate_limit": {"rpm": 60, "burst": 1, "max_wait": 5}})
+    simulated_clock = SimulatedClock(1000.0)
+    started = time.monotonic()
+    with simulated(simulated_clock):
+        served = [router.complete(HI).route.served_by for _ in range(3)]
+    assert served == ["primary"] * 3 and server.count("m1") == 3
+    assert 1.9 <= simulated_clock.now - 1000.0 <= 2.5  # two waits of ~1 s at 1 request per second
+    assert time.monotonic() - started < 1.5  # not two real seconds

@@ -172,12 +172,62 @@ def test_a_process_that_crashed_while_probing_holds_its_slot_only_for_the_lease(
 # -- Redis missing, dead or slow --------------------------------------------------------
 
 
-def test_a_url_that_does_not_answer_at_start_is_a_config_error():
+def test_a_required_redis_that_does_not_answer_at_start_is_a_config_error():
     port = closed_port()
     with pytest.raises(ConfigError) as info:
-        build_state(StateConfig(backend="redis", url=f"redis://:s3cret@127.0.0.1:{port}/0"), source="fleet.yaml")
+        build_state(StateConfig(backend="redis", url=f"redis://:s3cret@127.0.0.1:{port}/0", required=True),
+                    source="fleet.yaml")
     assert info.value.file == "fleet.yaml" and info.value.key_path == "state.url"
     assert f"127.0.0.1:{port}" in str(info.value) and "s3cret" not in str(info.value)
+    assert "state.required is true" in str(info.value)
+
+
+def test_a_redis_url_that_cannot_be_parsed_is_a_config_error_even_when_not_required():
+    with pytest.raises(ConfigError) as info:
+        build_state(StateConfig(backend="redis", url="redis://:s3cret@127.0.0.1:notaport/0"), source="fleet.yaml")
+    assert info.value.file == "fleet.yaml" and info.value.key_path == "state.url"
+    assert "notaport" in str(info.value) and "s3cret" not in str(info.value)
+
+
+def test_a_redis_away_at_start_is_a_warning_and_state_stays_in_the_process(caplog):
+    port = closed_port()
+    with caplog.at_level(logging.WARNING, logger="router"):
+        state = build_state(StateConfig(backend="redis", url=f"redis://:s3cret@127.0.0.1:{port}/0"))
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "router"]
+    assert f"127.0.0.1:{port}" in warning and "not answering at start" in warning and "s3cret" not in warning
+    assert not state.shared and state.describe()["shared"] is False
+    (c,) = circuits(state, 1)
+    fail(c, 3)
+    assert c.state == OPEN  # counted in this process meanwhile
+
+
+def test_a_router_started_while_redis_is_down_serves_and_joins_redis_when_it_answers(
+        server, start_redis, namespace, caplog):
+    redis = start_redis()
+    port = redis.port
+    redis.stop()  # a real redis-server, stopped: its port refuses connections
+    config = shared_config(server, f"redis://127.0.0.1:{port}/0", namespace, fail_max=2)
+    with caplog.at_level(logging.WARNING, logger="router"):
+        router = Router.from_dict(config)
+        assert [router.complete(HI).route.served_by for _ in range(3)] == ["primary"] * 3
+        server.script("p", faults.status(503))
+        assert [router.complete(HI).route.served_by for _ in range(3)] == ["secondary"] * 3
+    assert server.count("p") == 3 + 2  # the circuit, kept in this process, opened after fail_max
+    assert router.status()["primary"]["state"] == "open"
+    assert len([r for r in caplog.records if "redis" in r.getMessage()]) == 1
+
+    started = start_redis(port)
+    time.sleep(1.1)  # the next operation pings Redis again
+    server.script("p", faults.status(503))
+    assert router.complete(HI).route.served_by == "secondary"  # Redis's state: a new server, closed
+    assert server.count("p") == 3 + 2 + 1
+    import redis as redis_py
+
+    shared = redis_py.Redis.from_url(started.url)
+    assert shared.get(f"{namespace}:{{primary}}:pybreaker:fail_counter") == b"1"  # the router's state, there
+    Router.from_dict(config).force_open("primary")  # another process: the first one sees it
+    assert router.status()["primary"]["state"] == "open"
+    shared.close()
 
 
 def test_redis_killed_falls_back_once_and_resyncs(start_redis, namespace, caplog):

@@ -40,6 +40,7 @@ from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response
 from . import Note, Target
+from .local_call import CancellableChunks, LocalCall, WorkerThreads, stoppable_llama_class
 
 # What `Llama.create_chat_completion` understands; anything else a caller passes
 # (user, n, tools for a remote model, ...) is dropped rather than failing the fallback.
@@ -60,6 +61,7 @@ class LocalTarget(Target):
             raise ValueError(f"target {config.name!r} is not a llama_cpp target")
         self.config = config
         self.options: LocalOptions = config.local
+        self._workers = WorkerThreads(self.options.pool_size + self.options.max_queue, config.name)
 
     def preload(self, note: Note | None = None) -> None:
         """Load the model now instead of on the first call (the router does this at start
@@ -67,7 +69,16 @@ class LocalTarget(Target):
         _pool_for(self.options, note or (lambda _: None))
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        with self._borrow(request, timeout, note) as (llm, pool, messages, params):
+        return self._complete(request, LocalCall(timeout), note)
+
+    async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        """`complete` in this target's own worker threads (local_call.py): the clock starts
+        now, and cancelling the caller stops the generation at the next token."""
+        call = LocalCall(timeout)
+        return await self._workers.run(call, lambda: self._complete(request, call, note))
+
+    def _complete(self, request: Request, call: LocalCall, note: Note) -> Response:
+        with self._borrow(request, call, note) as (llm, pool, messages, params):
             result = llm.create_chat_completion(messages=messages, **params)
         response = Response.from_openai(result)
         response.model = params["model"]
@@ -75,12 +86,17 @@ class LocalTarget(Target):
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[dict[str, Any]]:
         """OpenAI-style chunk dicts as the model writes them. The model stays borrowed until
-        the generator ends or is closed: close it when abandoning a stream.
+        the chunks end or are closed: close them when abandoning a stream; `abort()` (from
+        any thread) stops the generation at the next token.
 
         `partial` is assistant text a target already delivered before it broke: the prompt is
         rendered with it appended, so the model writes what comes next.
         """
-        with self._borrow(request, timeout, note, partial) as (llm, pool, messages, params):
+        call = LocalCall(timeout)
+        return CancellableChunks(self._generate(request, call, note, partial), call)
+
+    def _generate(self, request: Request, call: LocalCall, note: Note, partial: str) -> Iterator[dict[str, Any]]:
+        with self._borrow(request, call, note, partial) as (llm, pool, messages, params):
             chunks = (pool.continue_chunks(llm, messages, partial, params) if partial
                       else llm.create_chat_completion(messages=messages, stream=True, **params))
             try:
@@ -92,10 +108,10 @@ class LocalTarget(Target):
                 chunks.close()  # before the model goes back to the pool
 
     @contextmanager
-    def _borrow(self, request: Request, timeout: float, note: Note, partial: str = "") -> Iterator[tuple]:
-        """A model for one call with the messages fitted to its context and the deadline
-        armed; llama.cpp's own errors and a spent deadline come out as `TargetFailure`."""
-        deadline = Deadline(timeout)  # queueing and generating share one timeout
+    def _borrow(self, request: Request, call: LocalCall, note: Note, partial: str = "") -> Iterator[tuple]:
+        """A model for one call with the messages fitted to its context and the call's
+        deadline and cancellation armed; llama.cpp's own errors and a spent deadline come
+        out as `TargetFailure`. Queueing and generating share the call's one deadline."""
         opts = self.options
         if request.wants_tools:
             if opts.on_tools == "skip":
@@ -105,12 +121,13 @@ class LocalTarget(Target):
         pool = _pool_for(opts, note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
-        with pool.slot(max_queue=opts.max_queue, deadline=deadline) as llm:
+        timeout, deadline = call.timeout, call.deadline
+        with pool.slot(max_queue=opts.max_queue, deadline=deadline, call=call) as llm:
             queued = timeout - deadline.remaining()
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
-            llm.stop_at, llm.timed_out = deadline, False
+            llm.call, llm.timed_out = call, False
             try:
                 yield llm, pool, fitted[:len(fitted) - len(tail)], params
             except (ValueError, TypeError, ctypes.ArgumentError) as exc:  # bad parameter values
@@ -118,7 +135,9 @@ class LocalTarget(Target):
                     raise TargetFailure(Outcome.CONTEXT_TOO_LONG, f"local model: {exc}") from exc
                 raise TargetFailure(Outcome.REJECTED, f"local model rejected the request: {exc}") from exc
             finally:
-                llm.stop_at = None
+                llm.call = None
+            if call.cancelled:
+                raise TargetFailure(Outcome.CANCELLED, "the caller cancelled the local call")
             if llm.timed_out and queued >= _QUEUE_SHARE * timeout:
                 raise TargetFailure(Outcome.NO_CAPACITY, f"local model cut off after {timeout - queued:.2f} s of "
                                                          f"generation: {queued:.2f} s of its {timeout:g} s timeout "
@@ -146,8 +165,8 @@ class _ModelPool:
         self._formatter = formatter  # the GGUF's chat template, to count prompt tokens exactly
 
     @contextmanager
-    def slot(self, *, max_queue: int, deadline: Deadline) -> Iterator[Any]:
-        llm = self._acquire(max_queue, deadline)
+    def slot(self, *, max_queue: int, deadline: Deadline, call: LocalCall | None = None) -> Iterator[Any]:
+        llm = self._acquire(max_queue, deadline, call)
         try:
             yield llm
         finally:
@@ -155,7 +174,7 @@ class _ModelPool:
                 self._free.append(llm)
                 self._cond.notify_all()
 
-    def _acquire(self, max_queue: int, deadline: Deadline) -> Any:
+    def _acquire(self, max_queue: int, deadline: Deadline, call: LocalCall | None = None) -> Any:
         with self._cond:
             if self._free and not self._waiters:
                 return self._free.pop()
@@ -163,17 +182,28 @@ class _ModelPool:
                 raise TargetFailure(Outcome.NO_CAPACITY, f"local capacity exhausted: {self._load(max_queue)}")
             ticket = object()
             self._waiters.append(ticket)
+            if call is not None:
+                call.on_cancel(self._wake)
             try:
-                while not (self._free and self._waiters[0] is ticket):
+                while True:  # a model freed after the deadline is no use: generating would overrun it
+                    if call is not None and call.cancelled:
+                        raise TargetFailure(Outcome.CANCELLED, "the caller cancelled while waiting for a local model")
                     remaining = deadline.remaining()
                     if remaining <= 0:
                         raise TargetFailure(Outcome.NO_CAPACITY, "no local model became free within the timeout: "
                                                                  f"{self._load(max_queue)}")
+                    if self._free and self._waiters[0] is ticket:
+                        return self._free.pop()
                     self._cond.wait(remaining)
-                return self._free.pop()
             finally:
+                if call is not None:
+                    call.on_cancel(None)
                 self._waiters.remove(ticket)
                 self._cond.notify_all()  # the next waiter may now be first in line
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Free the models not in use (at exit: a model still generating is left alone)."""
@@ -298,7 +328,7 @@ def _load_pool(opts: LocalOptions) -> _ModelPool:
     import llama_cpp
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    cls = _deadline_llama_class(llama_cpp)
+    cls = stoppable_llama_class(llama_cpp)
     kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "n_threads": opts.n_threads or os.cpu_count() or 1,
                               "verbose": False}
     if opts.chat_format is not None:
@@ -318,36 +348,6 @@ def _load_pool(opts: LocalOptions) -> _ModelPool:
         formatter = Jinja2ChatFormatter(template=template, eos_token=token_text(first.token_eos()),
                                         bos_token=token_text(first.token_bos()))
     return _ModelPool(models, formatter)
-
-
-_LLAMA_CLASS: Any = None
-
-
-def _deadline_llama_class(llama_cpp: Any) -> Any:
-    """A `Llama` whose completions also stop at `stop_at` (a `Deadline`).
-
-    `create_chat_completion` takes no `stopping_criteria`, but every chat handler ends in
-    `self.create_completion(..., stopping_criteria=...)`: adding ours there bounds the
-    generation of any chat format. `stop_at` is set per call by the one thread that has
-    borrowed the instance; `timed_out` tells that call that it was the clock that stopped it.
-    """
-    global _LLAMA_CLASS
-    if _LLAMA_CLASS is None:
-        class DeadlineLlama(llama_cpp.Llama):
-            stop_at: Deadline | None = None
-            timed_out = False
-
-            def create_completion(self, *args: Any, stopping_criteria: Any = None, **kwargs: Any) -> Any:
-                criteria = llama_cpp.StoppingCriteriaList([self._past_deadline, *(stopping_criteria or ())])
-                return super().create_completion(*args, stopping_criteria=criteria, **kwargs)
-
-            def _past_deadline(self, _tokens: Any, _logits: Any) -> bool:
-                if self.stop_at is not None and self.stop_at.passed():
-                    self.timed_out = True
-                return self.timed_out
-
-        _LLAMA_CLASS = DeadlineLlama
-    return _LLAMA_CLASS
 
 
 # -- request translation ------------------------------------------------------------------

@@ -13,7 +13,9 @@ provider's `timeout` or `first_token_timeout` (first call after warming: 0.09 s)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,6 +26,7 @@ from ..request import Request
 from ..outcomes import Outcome, TargetFailure
 from ..response import Response
 from . import Note, Target
+from .sdk_clients import SdkClients
 
 _litellm: Any = None
 _import_lock = threading.Lock()
@@ -110,6 +113,7 @@ class RemoteTarget(Target):
         if config.api_key is not None:
             fixed["api_key"] = config.api_key.reveal()
         self._fixed = fixed
+        self._clients = SdkClients(config)  # exact timeouts without a client per timeout
 
     @property
     def continues_streams(self) -> bool:
@@ -132,27 +136,67 @@ class RemoteTarget(Target):
             await asyncio.to_thread(warm_litellm)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        raw = litellm_module().completion(**self._arguments(request, timeout))
+        litellm = litellm_module()
+        raw = litellm.completion(**self._arguments(request, timeout, self._clients.sync()))
         return _answer(raw)
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
-        raw = await litellm_module().acompletion(**self._arguments(request, timeout))
+        litellm = litellm_module()
+        raw = await litellm.acompletion(**self._arguments(request, timeout, self._clients.for_running_loop()))
         return _answer(raw)
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
-        """litellm's chunk iterator; `timeout` bounds each read, the router times the gaps.
+        """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
+        result's `abort()` closes the connection from another thread (stream_sources.py).
         `partial`: continue that answer, sent as an assistant prefill."""
-        return litellm_module().completion(stream=True, **self._arguments(request, timeout, partial))
+        litellm = litellm_module()
+        return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),
+                                                                                 partial)))
 
     async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
-        return await litellm_module().acompletion(stream=True, **self._arguments(request, timeout, partial))
+        litellm = litellm_module()
+        return await litellm.acompletion(stream=True, **self._arguments(request, timeout,
+                                                                        self._clients.for_running_loop(), partial))
 
-    def _arguments(self, request: Request, timeout: float, partial: str = "") -> dict[str, Any]:
+    def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
+        own = {"client": client} if client is not None else {}
         messages = prefill_messages(request.messages, partial) if partial else request.messages
-        return {"messages": messages, "timeout": timeout, **self.config.params, **request.params, **self._fixed}
+        return {"messages": messages, "timeout": timeout, **self.config.params, **request.params,
+                **self._fixed, **own}
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
+
+
+class AbortableChunks:
+    """litellm's sync chunk iterator, plus `abort()`: shut its socket down from any thread.
+
+    A thread blocked reading a stream is not woken by closing the socket (Linux), only by
+    shutting it down; without this a stalled or abandoned stream kept its reader thread
+    and connection until the read timeout (30 s by default). The socket is found through
+    public attributes: litellm's `completion_stream` (the OpenAI SDK's `Stream`), its
+    httpx `response`, httpcore's `network_stream` extension. A provider that litellm
+    streams another way has no such path: `abort()` does nothing, the read timeout ends it.
+    """
+
+    def __init__(self, chunks: Any) -> None:
+        self._chunks = chunks
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._chunks)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+    def abort(self) -> None:
+        response = getattr(getattr(self._chunks, "completion_stream", None), "response", None)
+        network = getattr(response, "extensions", {}).get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed: nothing left to wake
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 def _answer(raw: Any) -> Response:

@@ -1,0 +1,88 @@
+"""One OpenAI SDK client per remote target, reused, with each attempt's timeout passed
+per request.
+
+litellm caches one OpenAI client, with its own connection pool, per distinct `timeout`
+(the value is part of its cache key). With timeouts cut to what a deadline leaves, every
+call made a new one: 300 calls with deadlines of 0.05-0.1 s left 200 cached clients and
+398 open file descriptors (measured here), which is why timeouts used to be rounded
+down, giving up early. The SDK takes a timeout per request and litellm passes it per
+request, so one client per target (one per event loop for the async client, whose
+connections belong to a loop) keeps the timeout exact and the count of clients fixed:
+the same 300 calls end with the descriptors they started with.
+
+Only targets that litellm sends through the OpenAI SDK (provider "openai", which
+includes any OpenAI-compatible server reached with `openai/...` and `api_base`) get one;
+litellm's HTTP clients for other providers are keyed by provider and SSL settings, not
+by timeout. Without a resolvable API key litellm builds the client, and raises its own
+authentication error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from typing import Any
+
+from ..schema import TargetConfig
+
+
+class SdkClients:
+    """The OpenAI SDK clients of one target, made on first use."""
+
+    def __init__(self, config: TargetConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()
+        self._resolved = False
+        self._settings: dict[str, Any] | None = None
+        self._sync: Any = None
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+    def sync(self) -> Any:
+        """The target's `openai.OpenAI`, or None when litellm should build its own."""
+        with self._lock:
+            if self._sync is None and self._usable():
+                import openai
+                from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+                self._sync = openai.OpenAI(http_client=BaseOpenAILLM.get_sync_http_client(), **self._settings)
+            return self._sync
+
+    def for_running_loop(self) -> Any:
+        """The target's `openai.AsyncOpenAI` for the running event loop, or None."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._by_loop.get(loop)
+            if client is None and self._usable():
+                import openai
+                from litellm.llms.openai.common_utils import BaseOpenAILLM
+
+                client = openai.AsyncOpenAI(http_client=BaseOpenAILLM.get_async_http_client(), **self._settings)
+                self._by_loop[loop] = client
+            return client
+
+    def _usable(self) -> bool:
+        if not self._resolved:
+            self._resolved = True
+            self._settings = self._openai_settings()
+        return self._settings is not None
+
+    def _openai_settings(self) -> dict[str, Any] | None:
+        """The client's settings, resolved as litellm resolves them; None: not our client."""
+        import litellm  # already imported (and set up offline) by the caller, remote.py
+        from litellm.llms.openai.common_utils import get_openai_credentials
+
+        config = self._config
+        try:
+            _, provider, _, _ = litellm.get_llm_provider(model=config.model, api_base=config.api_base)
+        except Exception:  # an unknown provider: litellm's own call raises it, classified
+            return None
+        if provider != "openai":
+            return None
+
+        key = config.api_key.reveal() if config.api_key is not None else None
+        credentials = get_openai_credentials(api_base=config.api_base, api_key=key)
+        if not credentials.api_key:
+            return None
+        return {"api_key": credentials.api_key, "base_url": credentials.api_base,
+                "organization": credentials.organization, "max_retries": 0, "timeout": config.timeout}
