@@ -129,10 +129,14 @@ class TargetFailure(Exception):
     a provider SDK: it says its outcome outright."""
 
     def __init__(self, outcome: Outcome, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, own_clock: bool = False) -> None:
         self.outcome = outcome
         self.status = status
         self.retry_after = retry_after
+        # SILENT measured against the target's own limit (first_token_timeout,
+        # stream_idle_timeout), not the attempt's timeout: the call's deadline cutting
+        # that timeout does not make it the deadline's doing
+        self.own_clock = own_clock
         super().__init__(message)
 
 
@@ -162,7 +166,7 @@ def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
     is the deadline's doing (DEADLINE), no verdict on the target's silence.
     """
     failure = _classify(exc)
-    if timeout_cut and failure.outcome is Outcome.SILENT:
+    if timeout_cut and failure.outcome is Outcome.SILENT and not (isinstance(exc, TargetFailure) and exc.own_clock):
         return Failure(Outcome.DEADLINE, exc, failure.status, failure.retry_after, failure.message)
     return failure
 

@@ -74,7 +74,8 @@ def stalled(idle_timeout: float) -> TargetFailure:
     """A stream silent for `stream_idle_timeout` with its socket open: the provider went
     silent, and a silent provider rarely answers sooner a second time (no retry unless
     `retry_on_timeout`)."""
-    return TargetFailure(Outcome.SILENT, f"the stream stalled: no chunk for {idle_timeout:g} s (stream_idle_timeout)")
+    return TargetFailure(Outcome.SILENT, f"the stream stalled: no chunk for {idle_timeout:g} s (stream_idle_timeout)",
+                         own_clock=True)
 
 
 def truncated() -> TargetFailure:
@@ -100,7 +101,8 @@ def break_note(exc: BaseException) -> str | None:
 def first_token_missed(seconds: float) -> TargetFailure:
     """No content within `first_token_timeout`: silence, handled as the outcome table says
     (fail over at once unless `retry_on_timeout`)."""
-    return TargetFailure(Outcome.SILENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
+    return TargetFailure(Outcome.SILENT, f"no content within {seconds:g} s of the request (first_token_timeout)",
+                         own_clock=True)
 
 
 class PrefillRefused(TargetFailure):
