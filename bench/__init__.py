@@ -20,6 +20,10 @@
   primary, wall time; then 2 processes sharing the limit through Redis.
 - ``cache``: the cache tier. A hit's p50 latency next to a healthy primary's answer, and
   what writing every answer (memory, sqlite, Redis) adds to a healthy call.
+- ``streams``: 50 streamed calls whose primary is cut at 2/3 of the answer, recovered by a
+  continuation on a prefill target vs a restart vs an uninterrupted stream: time to the
+  last token as a ratio to the uninterrupted stream, and garbled answers (module
+  ``streamrecovery``; its fault server runs in a thread of the benchmark's process).
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete

@@ -1,6 +1,6 @@
 """``python -m bench [SCENARIO ...|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict]``
 
-SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache (several may be given; default: all)."""
+SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache, streams (several may be given; default: all)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 
 from .common import Report, machine, setup_environment
 
-SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet", "ratelimit", "cache")
-_MODULES = {"async": "asyncload"}  # scenario -> module of bench/, where the names differ
+SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet", "ratelimit", "cache", "streams")
+_MODULES = {"async": "asyncload", "streams": "streamrecovery"}  # scenario -> module of bench/, where the names differ
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ import yaml
 
 from .config_yaml import load_yaml
 from .errors import ConfigError, InvalidRequest
+from .recovery import MID_STREAM_CHOICES
 from .redact import Secret
 from .request import ROUTER_OWNED_PARAMS, check_params
 from .schema import (MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
@@ -190,6 +191,7 @@ class _Loader:
             rate_limit=self.build(RateLimitPolicy, data.get("rate_limit", {}), f"{path}.rate_limit",
                                   base.rate_limit),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
+            prefill=self.value(data["prefill"], f"{path}.prefill", bool) if "prefill" in data else None,
             context_window=context_window,
             params={**base.params, **self.params(data.get("params", {}), f"{path}.params")},
             local=local,
@@ -243,7 +245,7 @@ class _Loader:
             static = self.value(static, f"{path}.static_reply", str)
         policy = self.choice(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy",
                              ("propagate", "fail_over"))
-        mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", ("continue", "error"))
+        mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", MID_STREAM_CHOICES)
         return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy,
                            mid_stream=mid_stream)
 

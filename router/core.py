@@ -60,6 +60,10 @@ class Router:
         for name, target in self._targets.items():
             if target.config.local is not None and target.config.local.preload:
                 target.preload()
+        if not config.offline and any(t.config.is_remote for t in self._targets.values()):
+            from .targets.remote import warm_litellm_in_background
+
+            warm_litellm_in_background()  # seconds of imports, off the first call's clock
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:
@@ -112,7 +116,7 @@ class Router:
               params: dict[str, Any]) -> Walk:
         request = build_request(messages, {**params, "stream": stream})
         crew = Crew(self._targets, self._guards, self._events, self._redact, self._sleep, self._async_sleep,
-                    self.config.offline, self.config.deadline, self._answers)
+                    self.config.offline, self._answers)
         return Walk(self._chain(chain), request, self._deadline(deadline), crew)
 
     # -- operators -------------------------------------------------------------------------

@@ -19,10 +19,16 @@ from . import clock
 class Deadline:
     """A point in time, `seconds` from now when made."""
 
-    __slots__ = ("end",)
+    __slots__ = ("end", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.end = clock.monotonic() + seconds
+
+    def renewed(self) -> Deadline:
+        """The same length of time, counted again from now (a stream's recovery after a
+        break gets the caller's deadline anew)."""
+        return Deadline(self.seconds)
 
     def remaining(self) -> float:
         """Seconds left; zero or less once passed."""

@@ -129,10 +129,14 @@ class TargetFailure(Exception):
     a provider SDK: it says its outcome outright."""
 
     def __init__(self, outcome: Outcome, message: str, *, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, own_clock: bool = False) -> None:
         self.outcome = outcome
         self.status = status
         self.retry_after = retry_after
+        # SILENT measured against the target's own limit (first_token_timeout,
+        # stream_idle_timeout), not the attempt's timeout: the call's deadline cutting
+        # that timeout does not make it the deadline's doing
+        self.own_clock = own_clock
         super().__init__(message)
 
 
@@ -162,7 +166,7 @@ def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
     is the deadline's doing (DEADLINE), no verdict on the target's silence.
     """
     failure = _classify(exc)
-    if timeout_cut and failure.outcome is Outcome.SILENT:
+    if timeout_cut and failure.outcome is Outcome.SILENT and not (isinstance(exc, TargetFailure) and exc.own_clock):
         return Failure(Outcome.DEADLINE, exc, failure.status, failure.retry_after, failure.message)
     return failure
 
@@ -224,6 +228,11 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or link.__context__
 
 
+# Builtin errors that are no client-side bug: a socket's, a body's, and the end of a
+# stream's iterator (litellm raises its "ended before a finish_reason" from a StopIteration).
+_NOT_CLIENT_BUGS = (OSError, json.JSONDecodeError, StopIteration, StopAsyncIteration)
+
+
 def _unsent(chain: list[BaseException], names: set[str]) -> bool:
     """True when the failure happened inside the provider SDK before any request left.
 
@@ -239,7 +248,7 @@ def _unsent(chain: list[BaseException], names: set[str]) -> bool:
     if names & (_UNREACHABLE_NAMES | _TIMEOUT_NAMES | _RESET_NAMES):
         return False
     root = chain[-1]
-    if type(root).__module__ != "builtins" or isinstance(root, (OSError, json.JSONDecodeError)):
+    if type(root).__module__ != "builtins" or isinstance(root, _NOT_CLIENT_BUGS):
         return False
     codes = [frame.f_code for frame, _ in traceback.walk_tb(root.__traceback__)]  # no source lines read
     in_sdk = any(_SDK_PATH.search(code.co_filename) for code in codes)

@@ -193,6 +193,7 @@ class Chunk:
     created: int = field(default_factory=lambda: int(time.time()))
     usage: Usage | None = None
     object: str = "chat.completion.chunk"
+    restart: bool = False  # the stream starts its answer over from here (mid_stream: restart)
 
     @property
     def text(self) -> str:

@@ -124,6 +124,7 @@ class TargetConfig:
     first_token_timeout: float | None = None  # streams: the first content must come sooner
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
     rate_limit: RateLimitPolicy = RateLimitPolicy()  # client-side pacing and learned provider limits
+    prefill: bool | None = None  # accepts an assistant prefill (continues a broken stream); None: litellm's model info
     local: LocalOptions | None = None
     cache: CacheOptions | None = None
     disabled: str | None = None  # why this target is out of every chain
@@ -139,7 +140,7 @@ class ChainConfig:
     targets: tuple[str, ...]
     static_reply: str | None = None  # answered as served_by "static" when every target fails
     on_content_policy: str = "propagate"  # or "fail_over"
-    mid_stream: str = "continue"  # a stream broken after content: "continue" on a target that can, or "error"
+    mid_stream: str = "continue"  # a stream broken after content: "continue", "restart" or "error" (recovery.py)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Streams: failover until the first content reaches the caller; after that, continuation
-on a target that can pick up from the text already sent, or `StreamInterrupted`.
+"""Streams: failover until the first content reaches the caller; after that, a break is
+recovered as the chain's `mid_stream` says (recovery.py: continue, restart or error).
 
 Opening a stream walks the chain like a plain call, except that an attempt succeeds only
 once its first content chunk has arrived (chunks before it are held back, so a failover
 stays invisible). Errors before that are raised by `complete(stream=True)` itself. The
 circuit hears about the attempt when the stream ends: success when it finished with a
-finish_reason, a (transient) failure when it broke, nothing when the caller closed it.
+finish_reason, a failure when it broke, nothing when the caller closed it.
 
 Timing is exact for both APIs (`first_token_timeout`, `stream_idle_timeout`): see
 stream_sources.py.
@@ -27,9 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from . import recovery
 from .deadline import Deadline
 from .errors import StreamInterrupted
-from .outcomes import Outcome, TargetFailure
+from .outcomes import Outcome, TargetFailure, classify
+from .recovery import Recovery
 from .response import Chunk, ChunkChoice, Delta, Route, answer_of
 from .schema import TargetConfig
 from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
@@ -62,6 +64,8 @@ class _StreamCore:
         self.continued = False
         self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
+        self.restarts = 0
+        self.broken_at = 0  # index in route.attempts of the last break
         if opened is not None:
             self.switch(opened)
 
@@ -78,12 +82,17 @@ class _StreamCore:
         assert self.opened is not None
         return self.opened.config.stream_idle_timeout or self.opened.config.timeout
 
-    def switch(self, opened: _Opened) -> None:
+    def switch(self, opened: _Opened, plan: Recovery | None = None) -> None:
         route = self.walk.route
-        if self.opened is not None:
+        if self.opened is not None and plan is not None:
             self.continued = True
-            route.notes.append(f"{opened.config.name}: continued the stream after {self.opened.config.name} "
-                               f"broke at {len(self.text)} characters")
+            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name,
+                                                       len(self.text)))
+            if plan.restarts:
+                self.restarts += 1
+                self.parts = []
+                model = opened.prelude[0].model if opened.prelude else ""
+                self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
@@ -99,7 +108,7 @@ class _StreamCore:
         return None
 
     def deliver(self, chunk: Chunk) -> Chunk | None:
-        if self.continued and not _carries_answer(chunk):
+        if self.continued and not chunk.restart and not _carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
         if self.kept is not None:
@@ -119,7 +128,7 @@ class _StreamCore:
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
-            raise TargetFailure(Outcome.TRANSIENT, "the stream ended without a finish_reason (truncated)")
+            raise recovery.truncated()
         assert self.opened is not None
         self.walk.succeeded(self.opened.member, self.opened.admission)
         self.walk.finish("ok")
@@ -127,29 +136,38 @@ class _StreamCore:
             self.walk.answered(self.opened.config, answer_of(self.kept))
         self.opened = None
 
-    def broke(self, exc: BaseException) -> list[Member]:
-        """Record the break against the target; the targets that may continue the stream."""
+    def broke(self, exc: BaseException) -> Recovery | None:
+        """Record the break against the target; how the chain recovers from it (None: it
+        does not, `mid_stream: error`)."""
         assert self.opened is not None
         broken = self.opened.config
         if isinstance(exc, Stalled):
-            exc = TargetFailure(Outcome.TRANSIENT, f"the stream stalled: no chunk for {self.idle_timeout:g} s")
-        self.walk.failed(self.opened.member, self.opened.admission, exc)
-        if self.walk.chain.mid_stream != "continue":
-            return []
-        self.walk.renew_deadline()
-        return list(self.walk.members(after=broken.name, can_continue=True))
+            exc = recovery.stalled(self.idle_timeout)
+        note = recovery.break_note(exc)
+        if note is not None:
+            self.walk.note(broken)(note)
+        self.walk.stream_broke(self.opened.member, self.opened.admission, exc)
+        self.broken_at = len(self.walk.route.attempts) - 1
+        return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
+                             self.walk.can_continue)
 
-    def replace(self, exc: BaseException, broken: TargetConfig, replacement: _Opened | None) -> None:
+    def replace(self, exc: BaseException, broken: TargetConfig, plan: Recovery | None,
+                replacement: _Opened | None) -> None:
         """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
         if replacement is None:
             raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
-        self.switch(replacement)
+        self.switch(replacement, plan)
 
     def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
+        """No target took the stream up: the real error is the break (the message, the
+        cause); what each target tried after it said is appended, as facts."""
         self.walk.finish("failed")
         text = self.text
+        tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
+                 for a in self.walk.route.attempts[self.broken_at + 1:]]
+        then = f"; then {'; '.join(tried)}" if tried else ""
         return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
-                                 f"target could continue it: {self.walk.detail(str(exc) or type(exc).__name__)}",
+                                 f"target could continue it: {self.walk.detail(classify(exc).message)}{then}",
                                  partial_text=text, route=self.walk.route)
 
     def abandon(self) -> None:
@@ -175,7 +193,14 @@ class _StreamShell:
 
     @property
     def text(self) -> str:
+        """The answer so far (after a restart: the restarted answer only)."""
         return self._core.text
+
+    @property
+    def restarts(self) -> int:
+        """How many times the answer started over (`mid_stream: restart`); each restart is
+        announced by a chunk with `restart=True` before any of its text."""
+        return self._core.restarts
 
 
 class Stream(_StreamShell):
@@ -199,11 +224,17 @@ class Stream(_StreamShell):
                 self.close()
                 raise
             except Exception as exc:
-                opened.source.close()
-                core.replace(exc, opened.config, open_sync(core.walk, core.broke(exc), partial=core.text))
+                broke = exc
+            else:
+                if chunk is not None:
+                    return chunk
                 continue
-            if chunk is not None:
-                return chunk
+            # recovered outside the except block: what a recovery attempt raises must not
+            # get the break as its implicit __context__ (classify reads that chain)
+            opened.source.close()
+            plan = core.broke(broke)
+            core.replace(broke, opened.config, plan, plan and open_sync(core.walk, core.walk.members(plan.targets),
+                                                                        plan.partial))
         raise StopIteration
 
     def close(self) -> None:
@@ -244,11 +275,15 @@ class AsyncStream(_StreamShell):
                 await self.aclose()
                 raise
             except Exception as exc:
-                await opened.source.aclose()
-                core.replace(exc, opened.config, await open_async(core.walk, core.broke(exc), partial=core.text))
+                broke = exc
+            else:
+                if chunk is not None:
+                    return chunk
                 continue
-            if chunk is not None:
-                return chunk
+            await opened.source.aclose()  # recovered outside the except block: see Stream
+            plan = core.broke(broke)
+            core.replace(broke, opened.config, plan, plan and await open_async(
+                core.walk, core.walk.members(plan.targets), plan.partial))
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -281,9 +316,9 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Open
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
             prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
-        except BaseException:
+        except BaseException as exc:
             source.close()
-            raise
+            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
         walk.first_token(admission)
         return source, prelude
 
@@ -295,9 +330,9 @@ async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -
         source = _async_source(walk, member, admission, partial)
         try:
             prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
-        except BaseException:
+        except BaseException as exc:
             await source.aclose()
-            raise
+            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
         walk.first_token(admission)
         return source, prelude
 
@@ -351,12 +386,19 @@ class _Prelude:
         for a plain call) when it cut the wait below the target's own limits."""
         if self.cut_by_deadline:
             return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
-        seconds = self.config.first_token_timeout or self.config.timeout
-        return TargetFailure(Outcome.TRANSIENT, f"no content within {seconds:g} s of the request (first_token_timeout)")
+        return recovery.first_token_missed(self.config.first_token_timeout or self.config.timeout)
 
 
 def _opened(won: Won[tuple[Any, deque[Chunk]]] | None) -> _Opened | None:
     return None if won is None else _Opened(won.member, won.admission, *won.value)
+
+
+def _explained(member: Member, exc: BaseException, partial: str) -> BaseException:
+    """A continuation's refusal of the prefill is recorded as such, and remembered."""
+    explained = recovery.explain(exc, partial)
+    if isinstance(explained, recovery.PrefillRefused):
+        member.target.refused_prefill()
+    return explained
 
 
 def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> Iterator[Any]:
@@ -367,11 +409,12 @@ def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> I
 
 
 def _async_source(walk: Walk, member: Member, admission: Admission, partial: str) -> Any:
-    """litellm's own async stream when the target has one (and nothing to continue); else
-    the sync stream read in a thread."""
-    if member.target.streams_async and not partial:
+    """The target's own async stream when it has one; else the sync stream read in a thread.
+    `partial` goes only to a continuation (as in `_chunks`)."""
+    if member.target.streams_async:
         note = walk.note(member.config)
-        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note))
+        extra = {"partial": partial} if partial else {}
+        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note, **extra))
     return ThreadedSource(lambda: _chunks(walk, member, admission, partial), loop=asyncio.get_running_loop())
 
 

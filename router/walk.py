@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -58,7 +58,6 @@ class Crew(NamedTuple):
     sleep: Callable[[float], Any]
     async_sleep: Callable[[float], Awaitable[Any]]
     offline: bool  # remote targets are skipped
-    deadline_s: float  # the configured call deadline (a broken stream's continuation gets a new one)
     answers: AnswerCaches | None = None  # the cache tiers, fed by the "answered" hook
 
 
@@ -115,6 +114,7 @@ class Walk:
         self.crew = crew
         self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
+        self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
         self._events = crew.events
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
@@ -125,17 +125,12 @@ class Walk:
 
     # -- which targets ---------------------------------------------------------------------
 
-    def members(self, after: str | None = None, can_continue: bool = False) -> Iterator[Member]:
-        """The chain's targets (those `after` one; those that can continue a broken stream)
-        worth an attempt now; the others are recorded as skipped."""
-        names = self.chain.targets
-        if after is not None:
-            names = names[names.index(after) + 1:]
+    def members(self, names: Sequence[str] | None = None) -> Iterator[Member]:
+        """The chain's targets (or those `names`) worth an attempt now; the others are
+        recorded as skipped."""
         targets, guards = self.crew.targets, self.crew.guards
-        for name in names:
+        for name in self.chain.targets if names is None else names:
             target = targets.get(name)
-            if can_continue and not (target is not None and target.continues_streams):
-                continue
             guard = guards[name]
             skip = self.skip(guard.config)
             if skip is None:
@@ -159,9 +154,19 @@ class Walk:
     def tries(self, member: Member) -> Tries:
         return Tries(self, member)
 
-    def renew_deadline(self) -> None:
-        """A stream broken after content: reaching new content gets a whole deadline again."""
-        self.deadline = Deadline(self.crew.deadline_s)
+    def can_continue(self, name: str) -> bool:
+        """Whether target `name` can take a broken stream's text as a prefill and go on."""
+        target = self.crew.targets.get(name)
+        return target is not None and target.continues_streams
+
+    def stream_broke(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
+        """A stream broke after content: record it against its target, which is retried
+        first under its retry policy (`Tries.resumed`); reaching new content gets the
+        caller's deadline again, counted from the break."""
+        verdict = self.failed(member, admission, exc)
+        self.broken = (member.config.name, verdict)
+        self.deadline = self.deadline.renewed()
+        return verdict
 
     # -- one attempt -----------------------------------------------------------------------
 
@@ -384,6 +389,16 @@ class Tries:
         self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter(), permit)
         return self.admission
 
+    def resumed(self) -> float | None:
+        """Seconds to wait before the first attempt: 0, except for the target whose stream
+        just broke (`Walk.broken`), whose retry policy goes on from that failure: its wait,
+        or None when it is given up (recorded)."""
+        broken = self.walk.broken
+        if broken is None or broken[0] != self.member.config.name:
+            return 0.0
+        self.attempts = 1
+        return self.next(broken[1])
+
     def failed(self, exc: BaseException) -> float | None:
         """The attempt raised `exc`: seconds to wait before the next one, or None when the
         target is given up (recorded; raised instead when the call must not fail over)."""
@@ -400,6 +415,11 @@ class Tries:
             raise exc  # not the target's doing (cancelled while queueing for a slot)
         else:
             verdict = walk.failed(member, admission, exc)
+        return self.next(verdict)
+
+    def next(self, verdict: Verdict) -> float | None:
+        """After `verdict`: the wait before a retry, or None (the target given up)."""
+        walk, member = self.walk, self.member
         wait = self.wait(verdict)
         if wait is None:
             walk.gave_up(member, verdict)
@@ -429,16 +449,17 @@ class Tries:
 def chain_sync(walk: Walk, members: Iterable[Member], attempt: Callable[[Walk, Member, Admission], T]) -> Won[T] | None:
     for member in members:
         tries = walk.tries(member)
-        while True:
+        wait = tries.resumed()
+        while wait is not None:
+            if wait:
+                walk.crew.sleep(wait)
+            member.target.ready()  # before the attempt's clock starts
             try:
                 tries.room(member.guard.room(walk.cost(), tries.rate_wait()))
                 admission = tries.admit(member.guard.bulkhead.acquire(walk.deadline))
                 return Won(member, admission, attempt(walk, member, admission))
             except BaseException as exc:
                 wait = tries.failed(exc)
-            if wait is None:
-                break
-            walk.crew.sleep(wait)
     return None
 
 
@@ -446,16 +467,17 @@ async def chain_async(walk: Walk, members: Iterable[Member],
                       attempt: Callable[[Walk, Member, Admission], Awaitable[T]]) -> Won[T] | None:
     for member in members:
         tries = walk.tries(member)
-        while True:
+        wait = tries.resumed()
+        while wait is not None:
+            if wait:
+                await walk.crew.async_sleep(wait)
+            await member.target.aready()  # before the attempt's clock starts
             try:
                 tries.room(await member.guard.room_async(walk.cost(), tries.rate_wait()))
                 admission = tries.admit(await member.guard.bulkhead.acquire_async(walk.deadline))
                 return Won(member, admission, await attempt(walk, member, admission))
             except BaseException as exc:
                 wait = tries.failed(exc)
-            if wait is None:
-                break
-            await walk.crew.async_sleep(wait)
     return None
 
 

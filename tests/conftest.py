@@ -20,10 +20,11 @@ FAST_RETRY = {"attempts": 3, "min_wait": 0.01, "max_wait": 0.05, "max_retry_afte
 
 @pytest.fixture(scope="session", autouse=True)
 def _warm_litellm() -> None:
-    """Import litellm once up front so its seconds-long import is not charged to a timed test."""
-    from router.targets.remote import litellm_module
+    """Import and warm litellm once up front so its seconds-long imports are not charged to
+    a timed test (a Router would otherwise wait for them before its first attempt)."""
+    from router.targets.remote import warm_litellm
 
-    litellm_module()
+    warm_litellm()
 
 
 @pytest.fixture(scope="module")

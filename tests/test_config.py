@@ -118,7 +118,7 @@ BAD = [
     (MINIMAL_TARGETS + "chains: {default: {targets: [a], on_content_policy: maybe}}\n",
      "chains.default.on_content_policy", "propagate or fail_over"),
     (MINIMAL_TARGETS + "chains: {default: {targets: [a], mid_stream: retry}}\n",
-     "chains.default.mid_stream", "continue or error"),
+     "chains.default.mid_stream", "continue or restart or error"),
     ("targets:\n  a: {model: openai/m, max_concurrency: 0}\nchains: {default: [a]}\n", "targets.a.max_concurrency",
      "> 0"),
     ("defaults: {queue_timeout: -1}\n" + MINIMAL_TARGETS + "chains: {default: [a]}\n", "defaults.queue_timeout",

@@ -356,6 +356,58 @@ def test_stream_malformed_after_sends_a_broken_event(server):
     assert events[-1] == "{not json"
 
 
+def test_stream_end_after_ends_the_body_cleanly_without_a_finish(server):
+    server.script("m1", faults.stream("one two three", end_after=2))
+    data, error = read_all(open_stream(server))
+    events = sse_events(data)
+    assert error is None and contents(events) == ["one ", "two "]
+    assert all(e["choices"][0]["finish_reason"] is None for e in events) and "[DONE]" not in events
+
+
+def test_stream_stall_seconds_goes_silent_for_a_while_then_carries_on(server):
+    server.script("m1", faults.stream("one two three", stall_after=1, stall_seconds=0.4))
+    start = time.monotonic()
+    data, error = read_all(open_stream(server))
+    assert error is None and contents(sse_events(data)) == ["one ", "two ", "three"]
+    assert 0.4 <= time.monotonic() - start < 2
+
+
+def test_stream_invalid_event_at_is_the_nth_event_and_the_rest_is_intact(server):
+    server.script("m1", faults.stream("one two three four", invalid_event_at=3))
+    data, error = read_all(open_stream(server))
+    events = sse_events(data)
+    assert error is None and events[2] == "{not json"  # role, "one ", then the invalid event
+    assert contents(events) == ["one ", "two ", "three ", "four"] and events[-1] == "[DONE]"
+
+
+def test_stream_first_token_delay_none_never_sends_a_chunk_and_notes_the_hangup(server):
+    server.script("m1", faults.stream("one two", first_token_delay=None))
+    resp = open_stream(server, timeout=0.3)
+    assert resp.status == 200
+    data, error = read_all(resp)
+    assert data == b"" and isinstance(error, TimeoutError)
+    resp.close()
+    deadline = time.monotonic() + 2
+    while not server.hangups("m1") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(server.hangups("m1")) == 1 and server.hangups() == server.hangups("m1")
+
+
+def test_refuse_prefill_is_400_only_when_the_last_message_is_an_assistant_turn(server):
+    server.script("m1", faults.refuse_prefill(faults.ok("fine")))
+    status, _, body, _ = post(server, messages=[*MESSAGES, {"role": "assistant", "content": "Hi"}])
+    assert status == 400 and json.loads(body)["error"]["message"] == faults.PREFILL_REFUSED_MESSAGE
+    status, _, body, _ = post(server)
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["content"] == "fine"
+
+
+def test_a_stream_continues_the_prefill_it_was_given(server):
+    server.script("m1", faults.stream("one two three four"))
+    prefill = [*MESSAGES, {"role": "assistant", "content": "one tw"}]
+    data, error = read_all(open_stream(server, messages=prefill))
+    assert error is None and "".join(contents(sse_events(data))) == "o three four"
+
+
 def test_stream_done_false_finishes_without_done_marker(server):
     server.script("m1", faults.stream("one two", done=False))
     conn_resp = open_stream(server)
@@ -408,6 +460,8 @@ ALL_FAULTS = [
     faults.reset(), faults.malformed(), faults.stream("a b", cut_after=1, done=False),
     faults.flaky(0.3, faults.reset(), otherwise=faults.hang(1), seed=3),
     faults.recover_after(2, faults.flaky(0.5, faults.status(500)), then=faults.stream()),
+    faults.refuse_prefill(faults.stream("a b", end_after=1, stall_after=0, stall_seconds=1, invalid_event_at=2)),
+    faults.stream(first_token_delay=None),
 ]
 
 

@@ -13,6 +13,7 @@ import pytest
 import router
 from router import AllTargetsFailed, InvalidRequest, Router
 from router.testing import faults
+from router.targets import Target
 
 from .conftest import TEST_KEY, remote
 
@@ -243,7 +244,7 @@ def test_router_reused_across_threads_after_failures(server, make_router):
 def test_keyboard_interrupt_propagates_and_counts_against_nothing(server, make_router):
     router = make_router({"primary": remote(server, "p", max_concurrency=1), "secondary": "s"})
 
-    class Interrupted:  # our own target interface; litellm is not involved
+    class Interrupted(Target):  # our own target interface; litellm is not involved
         config = router.config.targets["primary"]
 
         def complete(self, request, *, timeout, note):

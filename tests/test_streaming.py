@@ -74,7 +74,7 @@ def test_slow_first_token_fails_over(server, make_router, api):
         stream, text = asyncio.run(run())
     assert text == TEXT and time.monotonic() - started < 1.5
     first = stream.route.attempts[0]
-    assert (first.outcome, first.target) == ("transient", "primary") and "first_token_timeout" in first.detail
+    assert (first.outcome, first.target) == ("silent", "primary") and "first_token_timeout" in first.detail
     assert router.status()["primary"]["failures"] == 1
 
 
@@ -104,7 +104,8 @@ def test_a_break_after_content_raises_stream_interrupted_with_the_partial_text(s
     assert time.monotonic() - started < 2.5
     assert info.value.partial_text == "".join(received) == "one two three "
     assert server.count("s") == 0  # mid_stream: error never starts another target
-    assert [a.outcome for a in info.value.route.attempts] == ["transient"]
+    stalled = fault.stall_after is not None  # a stall is silence; a cut or a bad event, a transient failure
+    assert [a.outcome for a in info.value.route.attempts] == ["silent" if stalled else "transient"]
     assert router.status()["primary"]["failures"] == 1  # a broken stream counts against the circuit
 
 

@@ -23,7 +23,7 @@ from router.redact import Redactor
 from router.request import build_request
 from router.response import Choice, Message, Response, Usage
 from router.state import MemoryState
-from router.targets import build_target
+from router.targets import Target, build_target
 from router.walk import Crew, Walk, chain_async, chain_sync, walk_async, walk_sync
 
 HI = [{"role": "user", "content": "hi"}]
@@ -48,7 +48,7 @@ def make_walk(targets: dict[str, Any], *, deadline: float = 30.0, offline: bool 
         (slept if slept is not None else []).append(seconds)
 
     crew = Crew(built, guards, Events([events.append] if events is not None else []), Redactor(["sk-test"]),
-                (slept.append if slept is not None else lambda s: None), async_sleep, offline, config.deadline)
+                (slept.append if slept is not None else lambda s: None), async_sleep, offline)
     return Walk(config.chains["default"], build_request(HI, {}), Deadline(deadline), crew)
 
 
@@ -285,10 +285,8 @@ def test_targets_not_larger_than_one_that_overflowed_are_skipped():
 
 # -- the shells drive the core: same decisions, sync and async -----------------------------
 
-class Scripted:
+class Scripted(Target):
     """A target that plays a script of failures before answering; no network."""
-
-    continues_streams = False
 
     def __init__(self, config: Any, *script: BaseException) -> None:
         self.config = config

@@ -9,7 +9,7 @@ classified by `router.outcomes.classify`; targets that are not provider SDKs rai
 with getattr. Targets subclass it and inherit the defaults: an `acomplete` that runs
 `complete` in a worker thread (the event loop never blocks), no native async stream
 (`streams_async`), no continuation of a broken stream (`continues_streams`), nothing to
-preload.
+preload and nothing to wait for before an attempt (`ready`).
 """
 
 from __future__ import annotations
@@ -47,12 +47,23 @@ class Target(Protocol):
         assistant text already delivered, to be continued."""
         ...
 
-    async def astream(self, request: Request, *, timeout: float, note: Note) -> AsyncIterator[Any]:
+    async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
         """An async iterator of chunks (only when `streams_async`)."""
         raise NotImplementedError(f"{type(self).__name__} has no native async stream")
 
     def preload(self) -> None:
         """Get ready before the first call (load a model); by default nothing to do."""
+
+    def ready(self) -> None:
+        """Block until the target can send (its client library loaded): the walk calls it
+        before an attempt's clock starts; by default ready at once."""
+
+    async def aready(self) -> None:
+        """`ready` for asyncio, without blocking the event loop."""
+
+    def refused_prefill(self) -> None:
+        """It answered a continuation's assistant prefill with a 400: stop offering to
+        continue streams; by default nothing to forget."""
 
 
 def build_target(config: TargetConfig, caches: AnswerCaches | None = None) -> Target:

@@ -1,17 +1,26 @@
 """Remote providers, all through litellm.
 
-litellm is imported on the first remote call, not with `router`: it takes seconds to
-import and, unless told otherwise, downloads a price list while doing so.
+litellm is imported off `import router`: it takes seconds to import (2-11 s on this
+busy 2-core machine) and, unless told otherwise, downloads a price list while doing so.
+Its first call then imports ~100 more modules (the provider's handler, the HTTP client,
+the stream wrapper: another 1-2.5 s, measured). A Router with remote targets does both in
+a background thread when it is built (`warm_litellm`: the import, then one sync and one
+async stream answered by litellm's own `mock_response`, no network), and every attempt
+waits for that (`ready`) before its clock starts: our own imports never count against a
+provider's `timeout` or `first_token_timeout` (first call after warming: 0.09 s).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from ..recovery import prefill_messages
 from ..schema import TargetConfig
 from ..request import Request
 from ..outcomes import Outcome, TargetFailure
@@ -20,6 +29,9 @@ from . import Note, Target
 from .sdk_clients import SdkClients
 
 _litellm: Any = None
+_import_lock = threading.Lock()
+_warm_lock = threading.Lock()
+_warm = threading.Event()
 
 
 def litellm_module() -> Any:
@@ -30,22 +42,71 @@ def litellm_module() -> Any:
     """
     global _litellm
     if _litellm is None:
-        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-        import litellm
+        with _import_lock:  # a second caller waits for the first import instead of racing it
+            if _litellm is None:
+                os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+                import litellm
 
-        litellm.suppress_debug_info = True
-        _litellm = litellm
+                litellm.suppress_debug_info = True
+                _litellm = litellm
     return _litellm
+
+
+def warm_litellm() -> None:
+    """Import litellm and load what its first stream loads, once (later callers wait)."""
+    if _warm.is_set():
+        return
+    with _warm_lock:
+        if _warm.is_set():
+            return
+        litellm = litellm_module()
+        if not (litellm.callbacks or litellm.success_callback or litellm.failure_callback):  # no fake call logged
+            try:
+                _mock_streams(litellm)
+            except Exception:  # an optimisation only: the first real call loads what is missing
+                pass
+        _warm.set()
+
+
+def _mock_streams(litellm: Any) -> None:
+    args = {"model": "openai/router-warm-up", "messages": [{"role": "user", "content": "hi"}],
+            "mock_response": "ok", "api_key": "unused", "stream": True}
+    for _ in litellm.completion(**args):
+        pass
+
+    async def drain() -> None:
+        async for _ in await litellm.acompletion(**args):
+            pass
+
+    asyncio.run(drain())
+
+
+def warm_litellm_in_background() -> None:
+    """Start `warm_litellm` in a daemon thread unless it is done or under way."""
+    if not _warm.is_set() and not _warm_lock.locked():
+        threading.Thread(target=warm_litellm, daemon=True, name="router-warm-litellm").start()
+
+
+def model_supports_prefill(model: str) -> bool:
+    """litellm's model info `supports_assistant_prefill` for `model`; False for a model it
+    does not know (an OpenAI-compatible server's model, say)."""
+    litellm_module()
+    from litellm.utils import supports_assistant_prefill
+
+    try:
+        return bool(supports_assistant_prefill(model=model))
+    except Exception:  # unknown model or provider: litellm raises rather than answers
+        return False
 
 
 class RemoteTarget(Target):
     """One provider + model reached with `litellm.completion`."""
 
     streams_async = True  # litellm's acompletion(stream=True)
-    continues_streams = False  # providers do not reliably resume from a partial assistant turn
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
+        self._prefill: bool | None = config.prefill
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
@@ -53,6 +114,26 @@ class RemoteTarget(Target):
             fixed["api_key"] = config.api_key.reveal()
         self._fixed = fixed
         self._clients = SdkClients(config)  # exact timeouts without a client per timeout
+
+    @property
+    def continues_streams(self) -> bool:
+        """Whether it takes an assistant prefill (`prefill:`, else litellm's model info):
+        then it can continue a stream another target broke."""
+        if self._prefill is None:
+            self._prefill = model_supports_prefill(self.config.model or "")
+        return self._prefill
+
+    def refused_prefill(self) -> None:
+        """It answered a prefill with a 400: do not ask it to continue a stream again."""
+        self._prefill = False
+
+    def ready(self) -> None:
+        """Block until litellm is imported and warm: call before an attempt's clock starts."""
+        warm_litellm()
+
+    async def aready(self) -> None:
+        if not _warm.is_set():
+            await asyncio.to_thread(warm_litellm)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         litellm = litellm_module()
@@ -66,19 +147,21 @@ class RemoteTarget(Target):
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
-        result's `abort()` closes the connection from another thread (stream_sources.py)."""
+        result's `abort()` closes the connection from another thread (stream_sources.py).
+        `partial`: continue that answer, sent as an assistant prefill."""
         litellm = litellm_module()
-        return AbortableChunks(litellm.completion(stream=True,
-                                                  **self._arguments(request, timeout, self._clients.sync())))
+        return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),
+                                                                                 partial)))
 
-    async def astream(self, request: Request, *, timeout: float, note: Note) -> AsyncIterator[Any]:
+    async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
         litellm = litellm_module()
         return await litellm.acompletion(stream=True, **self._arguments(request, timeout,
-                                                                        self._clients.for_running_loop()))
+                                                                        self._clients.for_running_loop(), partial))
 
-    def _arguments(self, request: Request, timeout: float, client: Any) -> dict[str, Any]:
+    def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
         own = {"client": client} if client is not None else {}
-        return {"messages": request.messages, "timeout": timeout, **self.config.params, **request.params,
+        messages = prefill_messages(request.messages, partial) if partial else request.messages
+        return {"messages": messages, "timeout": timeout, **self.config.params, **request.params,
                 **self._fixed, **own}
 
     def __repr__(self) -> str:

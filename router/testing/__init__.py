@@ -20,6 +20,7 @@ from .faults import (
     malformed,
     ok,
     recover_after,
+    refuse_prefill,
     reset,
     status,
     stream,
@@ -29,5 +30,5 @@ from .server import FaultServer, ReceivedRequest
 __all__ = [
     "FaultServer", "ReceivedRequest", "Fault", "faults",
     "ok", "status", "context_too_long", "content_policy", "hang", "reset",
-    "malformed", "flaky", "recover_after", "stream", "limited",
+    "malformed", "flaky", "recover_after", "stream", "limited", "refuse_prefill",
 ]

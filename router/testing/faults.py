@@ -21,6 +21,10 @@ CONTEXT_TOO_LONG_MESSAGE = (
     "resulted in 9000 tokens. Please reduce the length of the messages."
 )
 CONTENT_POLICY_MESSAGE = "Your request was rejected as a result of our safety system."
+PREFILL_REFUSED_MESSAGE = (
+    "This model does not support assistant message prefill. "
+    "The conversation must end with a user message."
+)
 # OpenAI's 413 for a request above the tokens-per-minute limit: a size error that says
 # "rate_limit_exceeded" (litellm turns it into a RateLimitError with status 429).
 REQUEST_TOO_LARGE_MESSAGE = (
@@ -100,13 +104,24 @@ class Stream:
     """A Server-Sent-Events answer, optionally cut, stalled or corrupted mid-way."""
 
     text: str = DEFAULT_TEXT
-    first_token_delay: float = 0.0
+    first_token_delay: Optional[float] = 0.0
     token_delay: float = 0.0
     cut_after: Optional[int] = None
     stall_after: Optional[int] = None
     malformed_after: Optional[int] = None
     done: bool = True
+    end_after: Optional[int] = None
+    stall_seconds: Optional[float] = None
+    invalid_event_at: Optional[int] = None
     kind: str = _kind("stream")
+
+
+@dataclass(frozen=True)
+class RefusePrefill:
+    """A 400 when the conversation ends with an assistant turn (a prefill), else ``otherwise``."""
+
+    otherwise: "Fault" = Ok()
+    kind: str = _kind("refuse_prefill")
 
 
 @dataclass(frozen=True)
@@ -144,7 +159,7 @@ class Limited:
     kind: str = _kind("limited")
 
 
-Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter, Limited]
+Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter, Limited, RefusePrefill]
 """Any fault description accepted by the server."""
 
 _SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
@@ -267,28 +282,51 @@ def malformed() -> Malformed:
 def stream(
     text: str = DEFAULT_TEXT,
     *,
-    first_token_delay: float = 0.0,
+    first_token_delay: Optional[float] = 0.0,
     token_delay: float = 0.0,
     cut_after: Optional[int] = None,
     stall_after: Optional[int] = None,
     malformed_after: Optional[int] = None,
     done: bool = True,
+    end_after: Optional[int] = None,
+    stall_seconds: Optional[float] = None,
+    invalid_event_at: Optional[int] = None,
 ) -> Stream:
     """Stream ``text`` word by word as SSE (even if the request did not ask to stream).
 
-    Headers go out at once; the first chunk after ``first_token_delay``, later ones
-    ``token_delay`` apart.  After N content chunks: ``cut_after`` aborts the connection,
-    ``stall_after`` goes silent until the server stops, ``malformed_after`` sends
-    ``data: {not json`` and ends the body.  ``done=False`` omits ``data: [DONE]``.
+    Headers go out at once; the role chunk after ``first_token_delay`` (None: never, the
+    socket stays open: a first token that never comes), content chunks ``token_delay``
+    apart.  After N content chunks: ``cut_after`` aborts the connection (TCP RST),
+    ``end_after`` ends the body cleanly with no finish_reason and no ``[DONE]``,
+    ``stall_after`` goes silent with the socket open for ``stall_seconds`` (None: until
+    the server stops or the client leaves) and then carries on, ``malformed_after`` sends
+    ``data: {not json`` and ends the body.  ``invalid_event_at=N`` sends ``data: {not json``
+    as the Nth SSE event (the role chunk is the 1st) and then the rest of the stream, intact.
+    ``done=False`` omits ``data: [DONE]``.
+
+    A request whose last message is an assistant turn (a prefill) that ``text`` starts
+    with is answered with the rest of ``text`` only: the model continues its prefill.
     """
     _check_delay("first_token_delay", first_token_delay)
     _check_delay("token_delay", token_delay)
+    _check_delay("stall_seconds", stall_seconds)
     for name, value in (("cut_after", cut_after), ("stall_after", stall_after),
-                        ("malformed_after", malformed_after)):
+                        ("malformed_after", malformed_after), ("end_after", end_after)):
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if invalid_event_at is not None and invalid_event_at < 1:
+        raise ValueError(f"invalid_event_at counts events from 1, got {invalid_event_at!r}")
     return Stream(text, first_token_delay, token_delay, cut_after, stall_after,
-                  malformed_after, done)
+                  malformed_after, done, end_after, stall_seconds, invalid_event_at)
+
+
+def refuse_prefill(otherwise: Fault = Ok()) -> RefusePrefill:
+    """Refuse an assistant prefill with a 400 (as some providers do), answer ``otherwise`` else.
+
+    A request whose last message has role ``assistant`` gets 400 ``invalid_request_error``
+    with :data:`PREFILL_REFUSED_MESSAGE`; any other request is played as ``otherwise``.
+    """
+    return RefusePrefill(otherwise=otherwise)
 
 
 def flaky(p: float, fault: Fault, *, otherwise: Fault = Ok(), seed: Optional[int] = None) -> Flaky:
@@ -314,6 +352,7 @@ def limited(requests: int, window: float = 1.0, *, then: Fault = Ok(), headers: 
 _CONSTRUCTORS: dict[str, Callable[..., Fault]] = {
     "ok": ok, "status": status, "reply": reply, "hang": hang, "reset": reset, "malformed": malformed,
     "stream": stream, "flaky": flaky, "recover_after": recover_after, "limited": limited,
+    "refuse_prefill": refuse_prefill,
 }
 
 
@@ -336,13 +375,19 @@ def from_dict(data: Mapping[str, Any]) -> Fault:
         raise ValueError(f"bad fields for fault {kind!r}: {exc}") from None
 
 
-def resolve(fault: Fault, state: dict, now: float) -> Fault:
-    """Pick the concrete fault a composite (flaky / recover_after) answers with right now.
+def resolve(fault: Fault, state: dict, now: float, body: Optional[Mapping[str, Any]] = None) -> Fault:
+    """Pick the concrete fault a composite (flaky / recover_after / refuse_prefill) answers
+    with right now, for the request ``body``.
 
     ``state`` belongs to one script step and keeps each composite's random generator or
     start time, keyed by ``id(composite)``; the caller serialises access.
     """
     while True:
+        if isinstance(fault, RefusePrefill):
+            if prefill_of(body) is None:
+                fault = fault.otherwise
+                continue
+            return status(400, message=PREFILL_REFUSED_MESSAGE)
         if isinstance(fault, Flaky):
             rng = state.get(id(fault))
             if rng is None:
@@ -377,3 +422,15 @@ def _limit(fault: Limited, accepted: deque, now: float) -> Fault:
     if isinstance(then, Ok):
         return replace(then, headers={**(then.headers or {}), **headers})
     return then
+
+
+def prefill_of(body: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The text of an assistant turn that ends the request's messages (a prefill), else None."""
+    messages = (body or {}).get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
+        return None
+    last = messages[-1]
+    content = last.get("content")
+    if last.get("role") != "assistant" or not isinstance(content, str):
+        return None
+    return content

@@ -27,6 +27,10 @@ class _Stopped(Exception):
     """The server stopped, or the client left, while a handler waited inside a fault."""
 
 
+class _ClientLeft(_Stopped):
+    """The client closed its connection while a handler waited inside a fault."""
+
+
 _POLL = 0.05  # seconds between checks for a departed client while a fault waits
 
 
@@ -35,7 +39,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
-    server: Any  # server._HTTPServer: `admit` and `scripted_models` are the FaultServer's
+    server: Any  # server._HTTPServer: `admit`, `scripted_models` and `client_left` are the FaultServer's
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request would drown test output
@@ -75,6 +79,9 @@ class _FaultHandler(BaseHTTPRequestHandler):
             return self._send_json(400, _error_body(msg, "invalid_request_error", None))
         try:
             getattr(self, "_play_" + fault.kind)(fault, body)
+        except _ClientLeft:
+            self.close_connection = True
+            self.server.client_left(model if isinstance(model, str) else None, time.monotonic())
         except _Stopped:
             self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
@@ -85,7 +92,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self._sleep(fault.delay)
         if body.get("stream"):
             return self._play_stream(faults.stream(fault.text), body)
-        self._send_json(200, _completion(body, fault.text, fault.finish_reason), list((fault.headers or {}).items()))
+        self._send_json(200, _completion(body, _continuation(body, fault.text), fault.finish_reason),
+                        list((fault.headers or {}).items()))
 
     def _play_status(self, fault: faults.Status, body: dict) -> None:
         headers = []
@@ -116,16 +124,27 @@ class _FaultHandler(BaseHTTPRequestHandler):
     def _play_stream(self, fault: faults.Stream, body: dict) -> None:
         head = {"id": _completion_id(), "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
-        pieces = _split_words(fault.text)
+        text = _continuation(body, fault.text)
+        pieces = _split_words(text)
         self.wfile.write(self._head(200, "text/event-stream", [
             ("Transfer-Encoding", "chunked"), ("Cache-Control", "no-cache")]))
         self._sleep(fault.first_token_delay)
-        self._event(head, {"role": "assistant"}, None)
+        events = itertools.count(1)  # SSE events sent, the invalid one included
+
+        def event(delta: dict, finish_reason: Optional[str]) -> None:
+            if next(events) == fault.invalid_event_at:
+                self._chunk(b"data: {not json\n\n")
+                next(events)
+            self._event(head, delta, finish_reason)
+
+        event({"role": "assistant"}, None)
         for sent, piece in enumerate(pieces + [None]):
             if sent == fault.cut_after:
                 return self._abort()
+            if sent == fault.end_after:
+                return self._chunk(b"")  # a clean end of the body, without a finish
             if sent == fault.stall_after:
-                self._sleep(None)
+                self._sleep(fault.stall_seconds)
             if sent == fault.malformed_after:
                 self._chunk(b"data: {not json\n\n")
                 return self._chunk(b"")
@@ -133,11 +152,11 @@ class _FaultHandler(BaseHTTPRequestHandler):
                 break
             if sent:
                 self._sleep(fault.token_delay)
-            self._event(head, {"content": piece}, None)
-        self._event(head, {}, "stop")
+            event({"content": piece}, None)
+        event({}, "stop")
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            self._chunk(b"data: " + _json(dict(head, choices=[], usage=_usage(body, fault.text))) + b"\n\n")
+            self._chunk(b"data: " + _json(dict(head, choices=[], usage=_usage(body, text))) + b"\n\n")
         if fault.done:
             self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
@@ -153,8 +172,10 @@ class _FaultHandler(BaseHTTPRequestHandler):
             wait = _POLL if deadline is None else min(_POLL, deadline - time.monotonic())
             if wait <= 0:
                 return
-            if self.server.stopping.wait(wait) or self._client_gone():
+            if self.server.stopping.wait(wait):
                 raise _Stopped
+            if self._client_gone():
+                raise _ClientLeft
 
     def _client_gone(self) -> bool:
         try:
@@ -241,6 +262,13 @@ def _split_words(text: str) -> list:
     if pieces and leading:
         pieces[0] = leading + pieces[0]
     return pieces or ([text] if text else [])
+
+
+def _continuation(body: dict, text: str) -> str:
+    """What a model continuing its prefill says: the rest of ``text`` when the request ends
+    with an assistant turn that ``text`` starts with, else all of ``text``."""
+    prefill = faults.prefill_of(body)
+    return text[len(prefill):] if prefill and text.startswith(prefill) else text
 
 
 def _prompt_words(body: dict) -> int:

@@ -68,9 +68,10 @@ class _HTTPServer(ThreadingHTTPServer):
     request_queue_size = 512  # bursts of concurrent connects must not overflow the backlog
 
     def __init__(self, address: tuple, admit: Callable[..., Optional[faults.Fault]],
-                 scripted_models: Callable[[], list]) -> None:
+                 scripted_models: Callable[[], list], client_left: Callable[[Optional[str], float], None]) -> None:
         self.admit = admit  # the FaultServer's: record a request, return the fault to play
         self.scripted_models = scripted_models
+        self.client_left = client_left  # a client hung up while its handler waited in a fault
         self.stopping = threading.Event()
         self._connections: set = set()
         self._connections_lock = threading.Lock()
@@ -131,6 +132,7 @@ class FaultServer:
         self._default = _Step(faults.ok())
         self._log: list = []
         self._by_model: dict = {}
+        self._left: dict = {}
         self._statuses: dict = {}
 
     # -- lifecycle ---------------------------------------------------------
@@ -138,7 +140,7 @@ class FaultServer:
         """Bind and start serving in a daemon thread; returns ``self``."""
         if self._httpd is not None:
             raise RuntimeError("FaultServer is already running")
-        httpd = _HTTPServer((self.host, self._port), self._admit, self._scripted_models)
+        httpd = _HTTPServer((self.host, self._port), self._admit, self._scripted_models, self._client_left)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -217,6 +219,19 @@ class FaultServer:
                     total[code] = total.get(code, 0) + n
             return total
 
+    def hangups(self, model: Optional[str] = None) -> list[float]:
+        """``time.monotonic()`` of each time a client of ``model`` (any model if None) closed
+        its connection while the server was holding it inside a fault (a hang, a stall, a
+        first token that never comes): how a test sees that the client hung up."""
+        with self._lock:
+            if model is None:
+                return sorted(t for times in self._left.values() for t in times)
+            return list(self._left.get(model, ()))
+
+    def _client_left(self, model: Optional[str], t: float) -> None:
+        with self._lock:
+            self._left.setdefault(model, []).append(t)
+
     def reset(self) -> None:
         """Forget scripts, the default and the request log, as if freshly started."""
         with self._lock:
@@ -247,7 +262,7 @@ class FaultServer:
             else:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
-            fault = faults.resolve(step.fault, step.state, t)
+            fault = faults.resolve(step.fault, step.state, t, body)
             code = fault.code if isinstance(fault, faults.Status) else 200 if fault.kind in ("ok", "stream") else None
             if code is not None:
                 sent = self._statuses.setdefault(model, {})
