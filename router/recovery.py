@@ -26,6 +26,7 @@ refusal is); the stream shells in streaming.py do the I/O.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from .outcomes import Outcome, TargetFailure, classify
 from .response import Chunk, ChunkChoice, Delta
 
 CONTINUE, RESTART, ERROR = "continue", "restart", "error"
+CHARS_PER_TOKEN = 4  # estimates the tokens of text already sent, where no tokenizer is at hand
+_LENGTH_KEYS = ("max_tokens", "max_completion_tokens")
 MID_STREAM_CHOICES = (CONTINUE, RESTART, ERROR)
 
 
@@ -68,6 +71,19 @@ def prefill_messages(messages: Sequence[dict[str, Any]], partial: str) -> list[d
     """The original messages plus the text already sent as the assistant's turn: the
     continuation is what the model writes after it, appended to the caller's stream as is."""
     return [*messages, {"role": "assistant", "content": partial}]
+
+
+def continuation_params(params: dict[str, Any], spent: int) -> dict[str, Any]:
+    """`params` for writing the rest of an answer that already holds `spent` tokens: the
+    caller's `max_tokens` bounds the whole answer, so the continuation gets what is left
+    (at least 1), not a fresh allowance on top of the text already sent."""
+    limited = {key: max(1, params[key] - spent) for key in _LENGTH_KEYS if isinstance(params.get(key), int)}
+    return {**params, **limited} if limited else params
+
+
+def estimated_tokens(text: str) -> int:
+    """Tokens in `text`, estimated (about four characters each in English prose)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def stalled(idle_timeout: float) -> TargetFailure:

@@ -170,6 +170,16 @@ def test_a_break_after_content_continues_on_a_prefill_target_as_one_answer(serve
 
 
 @APIS
+def test_a_continuation_is_given_what_is_left_of_the_callers_max_tokens(server, make_router, api):
+    router = make_router({"primary": primary(server, faults.stream(TEXT, cut_after=3)), "secondary": fallback(server)})
+    got = receive(router, api, max_tokens=40)
+    assert got.error is None and got.shown == TEXT
+    assert server.requests("p")[0].body["max_tokens"] == 40
+    # "one two three " (14 characters) already sent: about 4 tokens of the 40 are spent
+    assert server.requests("s")[0].body["max_tokens"] == 36
+
+
+@APIS
 def test_a_prefill_refusal_is_recorded_and_passed_over_for_the_next_target(server, make_router, api):
     router = make_router({"primary": primary(server, faults.stream(TEXT, cut_after=3)),
                           "secondary": fallback(server, "s", faults.refuse_prefill(faults.stream(TEXT))),

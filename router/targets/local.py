@@ -37,6 +37,7 @@ from ..schema import LocalOptions, TargetConfig
 from ..deadline import Deadline
 from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
+from ..recovery import continuation_params
 from ..request import Request
 from ..response import Response
 from . import Note, Target
@@ -265,6 +266,7 @@ class _ModelPool:
         rendered = self._formatter(messages=messages)
         tokens = llm.tokenize((rendered.prompt + partial).encode("utf-8"), add_bos=False, special=True)
         kwargs = {k: v for k, v in params.items() if k not in ("response_format", "stop")}  # no grammar mid-answer
+        kwargs = continuation_params(kwargs, len(llm.tokenize(partial.encode("utf-8"), add_bos=False, special=False)))
         stop = params.get("stop") or []
         stop = ([stop] if isinstance(stop, str) else list(stop)) + list(rendered.stop or [])
         return _convert_text_completion_chunks_to_chat(llm.create_completion(

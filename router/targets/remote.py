@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..recovery import prefill_messages
+from ..recovery import continuation_params, estimated_tokens, prefill_messages
 from ..schema import TargetConfig
 from ..request import Request
 from ..outcomes import Outcome, TargetFailure
@@ -160,9 +160,12 @@ class RemoteTarget(Target):
 
     def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
         own = {"client": client} if client is not None else {}
-        messages = prefill_messages(request.messages, partial) if partial else request.messages
-        return {"messages": messages, "timeout": timeout, **self.config.params, **request.params,
-                **self._fixed, **own}
+        params = {**self.config.params, **request.params}
+        messages = request.messages
+        if partial:
+            messages = prefill_messages(messages, partial)
+            params = continuation_params(params, estimated_tokens(partial))
+        return {"messages": messages, "timeout": timeout, **params, **self._fixed, **own}
 
     def __repr__(self) -> str:
         return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
