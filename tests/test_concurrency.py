@@ -36,7 +36,7 @@ def test_16_threads_through_one_closed_circuit_run_in_parallel(server, make_rout
         t.join()
     elapsed = time.monotonic() - started
     assert served == ["primary"] * 16
-    assert elapsed < 0.6  # serialised it would be 16 x 0.2 = 3.2 s
+    assert elapsed < 1.2  # serialised it would be 16 x 0.2 = 3.2 s (0.25 s idle; slack for a loaded machine)
 
 
 def test_64_tasks_through_one_closed_circuit_run_in_parallel(server, make_router):
@@ -53,7 +53,9 @@ def test_64_tasks_through_one_closed_circuit_run_in_parallel(server, make_router
             best = min(best, time.monotonic() - started)
         return best
 
-    assert asyncio.run(main()) < 0.6  # serialised it would be 64 x 0.2 = 12.8 s
+    # serialised it would be 64 x 0.2 = 12.8 s; in parallel ~0.45 s idle (litellm's own ~4 ms of CPU per
+    # request included), ~1 s measured at load average 8 on 2 cores: the bound is for a loaded machine
+    assert asyncio.run(main()) < 3.0
 
 
 def test_acomplete_fails_over_with_the_same_route_as_complete(server, make_router):
