@@ -15,7 +15,8 @@ Events, by `name`, and the fields each sets:
   rate_wait         target, chain, wait_s (queued this long for rate-limit room, then went)
   throttled         target, chain, wait_s (queued before giving up), detail (no rate-limit room in time)
   degraded          target, chain (a degraded target answered)
-  call              chain, served_by, outcome ("ok", "static" or "failed"), latency_s (the whole call)
+  call              chain, served_by, outcome ("ok", "static", "failed", or "cancelled": a stream the
+                    caller closed), latency_s (the whole call)
 Every event of a call but `circuit` carries its `call_id`; every event has `time` (epoch
 seconds). `router advise` (advise.py) reads these back from the JSON log.
 """

@@ -11,7 +11,7 @@ Metric names follow Prometheus conventions:
   router_budget_exhausted_total{target}        counter: retries refused by the retry budget
   router_throttled_total{target}               counter: targets skipped: no rate-limit room within max_wait
   router_rate_limit_wait_seconds{target}       histogram: time queued for rate-limit room before an attempt
-  router_calls_total{chain,outcome}            counter: whole calls: ok, static, failed
+  router_calls_total{chain,outcome}            counter: whole calls: ok, static, failed, cancelled
   router_circuit_state{target}                 gauge: 0 closed, 1 half-open, 2 open
   router_attempt_duration_seconds{target}      histogram: one attempt
   router_call_duration_seconds{chain}          histogram: the whole call
