@@ -124,9 +124,10 @@ class _StreamCore:
         return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
                              self.walk.can_continue)
 
-    def replace(self, exc: BaseException, broken: TargetConfig, plan: Recovery | None,
-                replacement: Opened | None) -> None:
-        """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
+    def replace(self, exc: BaseException, plan: Recovery | None, replacement: Opened | None) -> None:
+        """Go on with the `replacement` of the broken stream, or raise `StreamInterrupted`."""
+        assert self.opened is not None  # the broken one, until replaced
+        broken = self.opened.config
         if replacement is None:
             raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
         self.switch(replacement, plan)
@@ -206,8 +207,7 @@ class Stream(_StreamShell):
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
             plan = core.broke(broke)
-            core.replace(broke, opened.config, plan, plan and open_sync(core.walk, core.walk.members(plan.targets),
-                                                                        plan.partial))
+            core.replace(broke, plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
         raise StopIteration
 
     def close(self) -> None:
@@ -255,8 +255,8 @@ class AsyncStream(_StreamShell):
                 continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
             plan = core.broke(broke)
-            core.replace(broke, opened.config, plan, plan and await open_async(
-                core.walk, core.walk.members(plan.targets), plan.partial))
+            core.replace(broke, plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
+                                                                plan.partial))
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

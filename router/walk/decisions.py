@@ -248,7 +248,7 @@ class Walk:
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
-    def redacted(self, failure: Failure | BaseException, target: str = "") -> ProviderError:
+    def redacted(self, failure: Failure | BaseException, target: str) -> ProviderError:
         """What may leave the router of a failure: never the provider's exception itself."""
         if isinstance(failure, BaseException):
             failure = classify(failure)
