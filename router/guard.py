@@ -2,7 +2,7 @@
 
 Each configured target has one, built by the Router: its circuit (breaker.py), its retry
 budget (budget.py), its bulkhead (bulkhead.py), its rate limiter (limiter.py) and its
-misconfigured flag. The walk (walk.py) talks to guards only, through the attempt
+misconfigured flag. The walk (walk/) talks to guards only, through the attempt
 protocol below, and never to the Router.
 
 The attempt protocol: take rate-limit `room` (`room` / `room_async`: may queue up to
