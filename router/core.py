@@ -1,6 +1,6 @@
 """The `Router`: built from a config, it owns one target object (targets/) and one `Guard`
 (guard.py: circuit, retry budget, bulkhead, rate limiter, misconfigured flag) per configured target,
-and hands each call to the chain walk (walk.py) or the stream opener (streaming.py) with
+and hands each call to the chain walk (walk/) or the stream opener (streaming/) with
 a `Crew` of those: the walk never sees the Router."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each configured target has one, built by the Router: its circuit (breaker.py), its retry
 budget (budget.py), its bulkhead (bulkhead.py), its rate limiter (limiter.py) and its
-misconfigured flag. The walk (walk.py) talks to guards only, through the attempt
+misconfigured flag. The walk (walk/) talks to guards only, through the attempt
 protocol below, and never to the Router.
 
 The attempt protocol: take rate-limit `room` (`room` / `room_async`: may queue up to
@@ -67,7 +67,7 @@ class Guard:
             return None
         return await self.limiter.acquire_async(cost, wait) if wait > 0 else result
 
-    def admit(self, permit: Permit | None = None) -> Ticket:
+    def admit(self, permit: Permit | None) -> Ticket:
         """The circuit's permission, once a bulkhead slot is held; `CircuitOpen` (with the
         slot and the rate-limit permit given back) when it refuses."""
         try:
@@ -82,7 +82,7 @@ class Guard:
         if permit is not None:
             self.limiter.cancel(permit)
 
-    def succeeded(self, ticket: Ticket, permit: Permit | None = None, response: Response | None = None) -> None:
+    def succeeded(self, ticket: Ticket, permit: Permit | None, response: Response | None) -> None:
         self.bulkhead.release()
         self.circuit.succeeded(ticket)
         self.budget.succeeded()
@@ -90,15 +90,14 @@ class Guard:
             used = response.usage.total_tokens if response is not None else 0
             self.limiter.answered(permit, used or None, response.headers if response is not None else None)
 
-    def failed(self, ticket: Ticket, handling: Handling, failure: Failure | None = None,
-               permit: Permit | None = None) -> None:
+    def failed(self, ticket: Ticket, handling: Handling, failure: Failure, permit: Permit | None) -> None:
         """Act on the table's verdict: count it (circuit and budget) or not; keep the
         circuit open for a while when the provider asked (a long Retry-After); a 429
         pauses the rate limiter until its Retry-After."""
         self.bulkhead.release()
         if permit is not None:
-            self.limiter.failed(permit, rate_limited=failure is not None and failure.outcome is Outcome.RATE_LIMITED,
-                                retry_after=failure.retry_after if failure is not None else None)
+            self.limiter.failed(permit, rate_limited=failure.outcome is Outcome.RATE_LIMITED,
+                                retry_after=failure.retry_after)
         if handling.counts:
             self.circuit.failed(ticket)
             self.budget.failed()
@@ -107,7 +106,7 @@ class Guard:
         if handling.open_for is not None:
             self.circuit.open_for(handling.open_for)  # out of rotation, for every caller, until then
 
-    def released(self, ticket: Ticket, permit: Permit | None = None) -> None:
+    def released(self, ticket: Ticket, permit: Permit | None) -> None:
         """Neither success nor failure (the request went out: its permit stays taken)."""
         self.bulkhead.release()
         self.circuit.released(ticket)

@@ -5,7 +5,7 @@ about it: `HANDLING` is the outcome table, and `handle()` beside it reads a row 
 with the target's retry policy and the chain's settings (retry a timeout only with
 `retry_on_timeout`; a 429 only when its Retry-After is at most `max_retry_after`, and a
 longer one keeps the circuit open that long; content policy fails over only when the
-chain says so). The walk (walk.py) and the guard (guard.py) act on the `Handling` it
+chain says so). The walk (walk/decisions.py) and the guard (guard.py) act on the `Handling` it
 returns and decide nothing themselves.
 
 Classification reads the exception chain (`__cause__`/`__context__`) and status codes by

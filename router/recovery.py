@@ -20,7 +20,7 @@ nothing). After it, the caller already holds part of an answer, and the chain's
 - `error`: `StreamInterrupted` with `.partial_text` at once.
 
 This module holds the decisions (which targets, which messages, what a break or a
-refusal is); the stream shells in streaming.py do the I/O.
+refusal is); the stream shells in streaming/ (opening.py, reading.py) do the I/O.
 """
 
 from __future__ import annotations

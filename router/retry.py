@@ -12,7 +12,7 @@ the table allows to retry:
   tenacity's own loop does, so there is never a sleep after the last attempt, nor one
   that overruns the deadline.
 
-The strategies run over a `tenacity.RetryCallState` that the walk (walk.py) drives
+The strategies run over a `tenacity.RetryCallState` that the walk (walk/decisions.py) drives
 itself instead of tenacity's `Retrying` loop: the walk's decisions stay free of I/O and
 sleep, and a first attempt that succeeds never builds any of this.
 """

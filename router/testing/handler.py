@@ -17,6 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
 from . import faults
+from .resolve import prefill_of
 
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
@@ -267,7 +268,7 @@ def _split_words(text: str) -> list:
 def _continuation(body: dict, text: str) -> str:
     """What a model continuing its prefill says: the rest of ``text`` when the request ends
     with an assistant turn that ``text`` starts with, else all of ``text``."""
-    prefill = faults.prefill_of(body)
+    prefill = prefill_of(body)
     return text[len(prefill):] if prefill and text.startswith(prefill) else text
 
 

@@ -21,6 +21,7 @@ from socketserver import TCPServer
 from typing import Any, Callable, Optional
 
 from . import faults
+from .resolve import resolve
 from .handler import _FaultHandler
 
 
@@ -262,7 +263,7 @@ class FaultServer:
             else:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
-            fault = faults.resolve(step.fault, step.state, t, body)
+            fault = resolve(step.fault, step.state, t, body)
             code = fault.code if isinstance(fault, faults.Status) else 200 if fault.kind in ("ok", "stream") else None
             if code is not None:
                 sent = self._statuses.setdefault(model, {})

@@ -1,107 +1,36 @@
-"""The chain walk: skip, attempt, retry, fail over, and record the route.
+"""The walk's core: every decision of one call down one chain, and every record of it.
+No I/O and no sleep, so tests drive it without a network (tests/test_walk_core.py).
 
-For each target of the chain, in order: pass it over when it is disabled, offline, known
-too small, out of time or its circuit is open; otherwise attempt it through its `Guard`
-(guard.py: rate-limit room, bulkhead slot, circuit admission), classify what went wrong (outcomes.py),
-and let the outcome table say whether to retry it (after a wait from retry.py), count it,
-or fail over. The first answer wins; when none comes, the chain's static reply or
-`AllTargetsFailed`.
-
-Two layers, as tenacity's `BaseRetrying.iter()` and its thin `Retrying`/`AsyncRetrying`:
-- the core (`Walk`, and `Tries` for one target) makes every decision and records every
-  outcome; it does no I/O and never sleeps, so tests drive it without a network
-  (tests/test_walk_core.py);
-- `chain_sync` and `chain_async` are the only loops, mirror images that differ in
-  `await` alone: they take rate-limit room and a bulkhead slot, run an attempt, and sleep
-  when the core says.
-  A plain call and the opening of a stream (streaming.py) are both these loops with a
-  different `attempt`. A first attempt that succeeds builds none of the retry machinery.
-
-The walk knows nothing of the Router: it gets a `Crew` (targets, guards, events, redactor,
-sleep functions) for each call.
+`Walk` is the call: which targets are worth an attempt (the others recorded as skipped),
+what each attempt may take (timeout, rate-limit cost and wait), how an attempt ended
+(classified by outcomes.py, settled with the target's `Guard`), and how the call ends
+(`answer`, the static reply or `AllTargetsFailed`). `Tries` is one target within the call:
+admission, and after a failure the outcome table's word: retry (after a wait from
+retry.py) or give up.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from .breaker import CircuitOpen, Ticket
-from .cache.tier import AnswerCaches, CacheHit
-from .deadline import Deadline
-from .errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
-from .events import Events
-from .guard import Guard
-from .limiter import Permit, Refusal, estimate_cost
-from .outcomes import Failure, Handling, Outcome, TargetFailure, classify, handle
-from .rate_store import Cost
-from .request import Request
-from .response import Attempt, Choice, Message, Response, Route, Usage
-from .retry import MIN_ATTEMPT_S, Retries
-from .schema import ChainConfig, TargetConfig
-from .targets import Note, Target
+from ..breaker import CircuitOpen
+from ..cache.tier import CacheHit
+from ..deadline import Deadline
+from ..errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
+from ..limiter import Permit, Refusal, estimate_cost
+from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
+from ..rate_store import Cost
+from ..request import Request
+from ..response import Attempt, Choice, Message, Response, Route, Usage
+from ..retry import MIN_ATTEMPT_S, Retries
+from ..schema import ChainConfig, TargetConfig
+from ..targets import Note
+from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
 
 _DETAIL_LIMIT = 500
-T = TypeVar("T")
-
-
-class Crew(NamedTuple):
-    """What a walk works with, handed over by the Router for each call."""
-
-    targets: Mapping[str, Target]  # enabled targets only
-    guards: Mapping[str, Guard]  # every configured target
-    events: Events
-    redact: Callable[[str], str]
-    sleep: Callable[[float], Any]
-    async_sleep: Callable[[float], Awaitable[Any]]
-    offline: bool  # remote targets are skipped
-    answers: AnswerCaches | None = None  # the cache tiers, fed by the "answered" hook
-
-
-class Member(NamedTuple):
-    """One target of the chain, as the walk sees it."""
-
-    config: TargetConfig
-    target: Target
-    guard: Guard
-
-
-class Admission(NamedTuple):
-    """One attempt let through: its circuit ticket, timeout, start time and rate-limit permit."""
-
-    ticket: Ticket
-    timeout: float
-    started: float
-    permit: Permit | None = None
-
-
-@dataclass(slots=True)
-class Won(Generic[T]):
-    """The attempt that succeeded, and what it returned."""
-
-    member: Member
-    admission: Admission
-    value: T
-
-
-class Verdict(NamedTuple):
-    failure: Failure
-    handling: Handling
-
-
-class NoCapacity(Exception):
-    """The bulkhead had no slot in time (already recorded)."""
-
-    def __init__(self, failure: Failure) -> None:
-        self.failure = failure
-        super().__init__(failure.message)
-
-
-class Throttled(NoCapacity):
-    """The rate limit had no room in time (already recorded): nothing sent, as with a full bulkhead."""
 
 
 class Walk:
@@ -319,7 +248,7 @@ class Walk:
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
-    def redacted(self, failure: Failure | BaseException, target: str = "") -> ProviderError:
+    def redacted(self, failure: Failure | BaseException, target: str) -> ProviderError:
         """What may leave the router of a failure: never the provider's exception itself."""
         if isinstance(failure, BaseException):
             failure = classify(failure)
@@ -442,58 +371,3 @@ class Tries:
             self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
                                        call_id=self.walk.call_id)
         return reason is not None
-
-
-# -- the shells: the only loops, sync and async, line for line ---------------------------
-
-def chain_sync(walk: Walk, members: Iterable[Member], attempt: Callable[[Walk, Member, Admission], T]) -> Won[T] | None:
-    for member in members:
-        tries = walk.tries(member)
-        wait = tries.resumed()
-        while wait is not None:
-            if wait:
-                walk.crew.sleep(wait)
-            member.target.ready()  # before the attempt's clock starts
-            try:
-                tries.room(member.guard.room(walk.cost(), tries.rate_wait()))
-                admission = tries.admit(member.guard.bulkhead.acquire(walk.deadline))
-                return Won(member, admission, attempt(walk, member, admission))
-            except BaseException as exc:
-                wait = tries.failed(exc)
-    return None
-
-
-async def chain_async(walk: Walk, members: Iterable[Member],
-                      attempt: Callable[[Walk, Member, Admission], Awaitable[T]]) -> Won[T] | None:
-    for member in members:
-        tries = walk.tries(member)
-        wait = tries.resumed()
-        while wait is not None:
-            if wait:
-                await walk.crew.async_sleep(wait)
-            await member.target.aready()  # before the attempt's clock starts
-            try:
-                tries.room(await member.guard.room_async(walk.cost(), tries.rate_wait()))
-                admission = tries.admit(await member.guard.bulkhead.acquire_async(walk.deadline))
-                return Won(member, admission, await attempt(walk, member, admission))
-            except BaseException as exc:
-                wait = tries.failed(exc)
-    return None
-
-
-def walk_sync(walk: Walk) -> Response:
-    won = chain_sync(walk, walk.members(), _complete_sync)
-    return walk.answer(won) if won is not None else walk.give_up()
-
-
-async def walk_async(walk: Walk) -> Response:
-    won = await chain_async(walk, walk.members(), _complete_async)
-    return walk.answer(won) if won is not None else walk.give_up()
-
-
-def _complete_sync(walk: Walk, member: Member, admission: Admission) -> Response:
-    return member.target.complete(walk.request, timeout=admission.timeout, note=walk.note(member.config))
-
-
-async def _complete_async(walk: Walk, member: Member, admission: Admission) -> Response:
-    return await member.target.acomplete(walk.request, timeout=admission.timeout, note=walk.note(member.config))

@@ -1,21 +1,9 @@
-"""Streams: failover until the first content reaches the caller; after that, a break is
-recovered as the chain's `mid_stream` says (recovery.py: continue, restart or error).
-
-Opening a stream walks the chain like a plain call, except that an attempt succeeds only
-once its first content chunk has arrived (chunks before it are held back, so a failover
-stays invisible). Errors before that are raised by `complete(stream=True)` itself. The
-circuit hears about the attempt when the stream ends: success when it finished with a
-finish_reason, a failure when it broke, nothing when the caller closed it.
-
-Timing is exact for both APIs (`first_token_timeout`, `stream_idle_timeout`): see
-stream_sources.py.
-
-As in walk.py, the decisions are a core without I/O and the sync and async sides are thin
-shells that mirror each other: `_StreamCore` delivers chunks, judges ends and breaks, and
-asks the walk for the targets that may continue; `Stream.__next__` and
-`AsyncStream.__anext__` only read and close sources. Opening a stream is the walk's one
-chain loop (`chain_sync` / `chain_async`) with "first content" as the attempt, and
-`_Prelude` (the chunks held back until then) its core.
+"""Reading a stream: `Stream` and `AsyncStream`, thin mirrored shells that only read and
+close sources, around `_StreamCore`, which delivers chunks and judges ends and breaks.
+The circuit hears about the attempt when the stream ends: success when it finished with
+a finish_reason, a failure when it broke, nothing when the caller closed it. A break is
+recovered as the chain's `mid_stream` says (recovery.py: continue, restart or error), by
+reopening (opening.py) on the targets recovery chose.
 """
 
 from __future__ import annotations
@@ -23,40 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-from . import recovery
-from .deadline import Deadline
-from .errors import StreamInterrupted
-from .outcomes import Outcome, TargetFailure, classify
-from .recovery import Recovery
-from .response import Chunk, ChunkChoice, Delta, Route, answer_of
-from .schema import TargetConfig
-from .stream_sources import END, AsyncSource, Stalled, ThreadedSource
-from .walk import Admission, Member, Walk, Won, chain_async, chain_sync
-
-@dataclass
-class _Opened:
-    """A target's stream that has produced its first content."""
-
-    member: Member
-    admission: Admission
-    source: Any
-    prelude: deque[Chunk]
-
-    @property
-    def config(self) -> TargetConfig:
-        return self.member.config
+from .. import recovery
+from ..errors import StreamInterrupted
+from ..outcomes import classify
+from ..recovery import Recovery
+from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
+from ..schema import TargetConfig
+from ..stream_sources import END, Stalled
+from ..walk import Walk
+from .opening import Opened, carries_answer, open_async, open_sync
 
 
 class _StreamCore:
     """What sync and async streams share: delivering chunks, judging ends and breaks."""
 
-    def __init__(self, walk: Walk, opened: _Opened | None, static: Chunk | None = None) -> None:
+    def __init__(self, walk: Walk, opened: Opened | None, static: Chunk | None = None) -> None:
         self.walk = walk
-        self.opened: _Opened | None = None
+        self.opened: Opened | None = None
         self.prelude: deque[Chunk] = deque([static] if static else [])
         self.parts: list[str] = []
         self.id = static.id if static else ""
@@ -82,7 +55,7 @@ class _StreamCore:
         assert self.opened is not None
         return self.opened.config.stream_idle_timeout or self.opened.config.timeout
 
-    def switch(self, opened: _Opened, plan: Recovery | None = None) -> None:
+    def switch(self, opened: Opened, plan: Recovery | None = None) -> None:
         route = self.walk.route
         if self.opened is not None and plan is not None:
             self.continued = True
@@ -108,7 +81,7 @@ class _StreamCore:
         return None
 
     def deliver(self, chunk: Chunk) -> Chunk | None:
-        if self.continued and not chunk.restart and not _carries_answer(chunk):
+        if self.continued and not chunk.restart and not carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
         if self.kept is not None:
@@ -151,9 +124,10 @@ class _StreamCore:
         return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
                              self.walk.can_continue)
 
-    def replace(self, exc: BaseException, broken: TargetConfig, plan: Recovery | None,
-                replacement: _Opened | None) -> None:
-        """Go on with the `replacement` of a broken stream, or raise `StreamInterrupted`."""
+    def replace(self, exc: BaseException, plan: Recovery | None, replacement: Opened | None) -> None:
+        """Go on with the `replacement` of the broken stream, or raise `StreamInterrupted`."""
+        assert self.opened is not None  # the broken one, until replaced
+        broken = self.opened.config
         if replacement is None:
             raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
         self.switch(replacement, plan)
@@ -233,8 +207,7 @@ class Stream(_StreamShell):
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
             plan = core.broke(broke)
-            core.replace(broke, opened.config, plan, plan and open_sync(core.walk, core.walk.members(plan.targets),
-                                                                        plan.partial))
+            core.replace(broke, plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
         raise StopIteration
 
     def close(self) -> None:
@@ -282,8 +255,8 @@ class AsyncStream(_StreamShell):
                 continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
             plan = core.broke(broke)
-            core.replace(broke, opened.config, plan, plan and await open_async(
-                core.walk, core.walk.members(plan.targets), plan.partial))
+            core.replace(broke, plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
+                                                                plan.partial))
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -299,7 +272,7 @@ class AsyncStream(_StreamShell):
         await self.aclose()
 
 
-# -- opening: the walk's chain loop, with "first content" as an attempt's success ---------
+# -- the entry points: open (opening.py), then read ------------------------------------
 
 def stream_sync(walk: Walk) -> Stream:
     opened = open_sync(walk, walk.members())
@@ -309,118 +282,6 @@ def stream_sync(walk: Walk) -> Stream:
 async def stream_async(walk: Walk) -> AsyncStream:
     opened = await open_async(walk, walk.members())
     return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
-
-
-def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
-    def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
-        source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
-        try:
-            prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
-        except BaseException as exc:
-            source.close()
-            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
-        walk.first_token(admission)
-        return source, prelude
-
-    return _opened(chain_sync(walk, members, attempt))
-
-
-async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -> _Opened | None:
-    async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
-        source = _async_source(walk, member, admission, partial)
-        try:
-            prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
-        except BaseException as exc:
-            await source.aclose()
-            raise _explained(member, exc, partial)  # itself, or what it was: a prefill refused
-        walk.first_token(admission)
-        return source, prelude
-
-    return _opened(await chain_async(walk, members, attempt))
-
-
-def _first_content_sync(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
-    try:
-        while not prelude.hold(read(prelude.timeout())):
-            pass
-    except Stalled:
-        raise prelude.stalled() from None
-    return prelude.chunks
-
-
-async def _first_content_async(prelude: _Prelude, read: Callable[[float], Any]) -> deque[Chunk]:
-    try:
-        while not prelude.hold(await read(prelude.timeout())):
-            pass
-    except Stalled:
-        raise prelude.stalled() from None
-    return prelude.chunks
-
-
-class _Prelude:
-    """The chunks of a stream being opened, held back until the first content (so that a
-    failover stays invisible), within `first_token_timeout`."""
-
-    def __init__(self, walk: Walk, member: Member, admission: Admission) -> None:
-        self.walk = walk
-        self.config = member.config
-        self.chunks: deque[Chunk] = deque()
-        self.limit = Deadline(min(self.config.first_token_timeout or admission.timeout, admission.timeout))
-        # the deadline cut the wait below the target's own limits: no verdict on the provider
-        own = min(self.config.timeout, self.config.first_token_timeout or self.config.timeout)
-        self.cut_by_deadline = admission.timeout < own
-
-    def timeout(self) -> float:
-        return self.limit.remaining()
-
-    def hold(self, raw: Any) -> bool:
-        """Hold `raw`; True once the held chunks carry content (or a finish)."""
-        if raw is END:
-            raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
-        chunk = Chunk.from_openai(raw)
-        self.chunks.append(chunk)
-        return _carries_answer(chunk)
-
-    def stalled(self) -> TargetFailure:
-        """No content in time: the deadline's doing (outcome `deadline`, counting nothing, as
-        for a plain call) when it cut the wait below the target's own limits."""
-        if self.cut_by_deadline:
-            return TargetFailure(Outcome.DEADLINE, "the call's deadline passed before the first token")
-        return recovery.first_token_missed(self.config.first_token_timeout or self.config.timeout)
-
-
-def _opened(won: Won[tuple[Any, deque[Chunk]]] | None) -> _Opened | None:
-    return None if won is None else _Opened(won.member, won.admission, *won.value)
-
-
-def _explained(member: Member, exc: BaseException, partial: str) -> BaseException:
-    """A continuation's refusal of the prefill is recorded as such, and remembered."""
-    explained = recovery.explain(exc, partial)
-    if isinstance(explained, recovery.PrefillRefused):
-        member.target.refused_prefill()
-    return explained
-
-
-def _chunks(walk: Walk, member: Member, admission: Admission, partial: str) -> Iterator[Any]:
-    note = walk.note(member.config)
-    if partial:
-        return member.target.stream(walk.request, timeout=admission.timeout, note=note, partial=partial)
-    return member.target.stream(walk.request, timeout=admission.timeout, note=note)
-
-
-def _async_source(walk: Walk, member: Member, admission: Admission, partial: str) -> Any:
-    """The target's own async stream when it has one; else the sync stream read in a thread.
-    `partial` goes only to a continuation (as in `_chunks`)."""
-    if member.target.streams_async:
-        note = walk.note(member.config)
-        extra = {"partial": partial} if partial else {}
-        return AsyncSource(lambda: member.target.astream(walk.request, timeout=admission.timeout, note=note, **extra))
-    return ThreadedSource(lambda: _chunks(walk, member, admission, partial), loop=asyncio.get_running_loop())
-
-
-def _carries_answer(chunk: Chunk) -> bool:
-    """Content, tool calls or a finish: more than the role-only opening chunk."""
-    return bool(chunk.text or chunk.finish_reason or any(c.delta.tool_calls for c in chunk.choices))
 
 
 def _static_core(walk: Walk) -> _StreamCore:

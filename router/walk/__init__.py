@@ -1,0 +1,26 @@
+"""The chain walk: skip, attempt, retry, fail over, and record the route.
+
+For each target of the chain, in order: pass it over when it is disabled, offline, known
+too small, out of time or its circuit is open; otherwise attempt it through its `Guard`
+(guard.py: rate-limit room, bulkhead slot, circuit admission), classify what went wrong
+(outcomes.py), and let the outcome table say whether to retry it (after a wait from
+retry.py), count it, or fail over. The first answer wins; when none comes, the chain's
+static reply or `AllTargetsFailed`.
+
+- parts.py: the data the layers hand each other (`Crew`, `Member`, `Admission`, `Won`,
+  `Verdict`, `NoCapacity`, `Throttled`);
+- decisions.py: the core, `Walk` (the call) and `Tries` (one target): every decision and
+  record, no I/O;
+- shells.py: the only loops, `chain_sync`/`chain_async` and `walk_sync`/`walk_async`,
+  mirror images that differ in `await` alone.
+
+The walk knows nothing of the Router: it gets a `Crew` (targets, guards, events, redactor,
+sleep functions) for each call.
+"""
+
+from .decisions import Tries, Walk
+from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
+from .shells import chain_async, chain_sync, walk_async, walk_sync
+
+__all__ = ["Admission", "Crew", "Member", "NoCapacity", "Throttled", "Tries", "Verdict", "Walk", "Won",
+           "chain_async", "chain_sync", "walk_async", "walk_sync"]
