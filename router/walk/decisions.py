@@ -263,7 +263,7 @@ class Walk:
         """The call is over: "ok", "static", "failed" or "cancelled"."""
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
-            if self.route.degraded and outcome != "failed":
+            if self.route.degraded and outcome in ("ok", "static"):  # an answer, not an abandoned stream
                 self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name,
                                   call_id=self.call_id)
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
