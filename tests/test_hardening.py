@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from router import AllTargetsFailed, ConfigError, InvalidRequest, Router
+from router import AllTargetsFailed, ConfigError, ContentRejected, InvalidRequest, Router
 from router.cli import main as cli_main
 from router.config import config_from_dict, load_config
 from router.errors import ProviderError
@@ -277,6 +277,30 @@ def test_a_key_quoted_back_by_the_provider_never_reaches_the_exception_chain(ser
         link = link.__cause__ or link.__context__
     assert not [text for text in everything if TEST_KEY in text]
     assert TEST_KEY.split("-")[-1] not in "".join(everything)
+
+
+def every_link(exc: BaseException) -> list[BaseException]:
+    """`exc` and everything reachable from it through __cause__ and __context__ alike."""
+    seen, todo = [], [exc]
+    while todo:
+        link = todo.pop()
+        if link is None or any(link is s for s in seen):
+            continue
+        seen.append(link)
+        todo += [link.__cause__, link.__context__]
+    return seen
+
+
+def test_no_exception_we_raise_reaches_the_raw_provider_error_through_its_context(server, make_router):
+    server.script("p", faults.status(400, message=f"{faults.CONTENT_POLICY_MESSAGE} (Authorization: Bearer {TEST_KEY})",
+                                     error_code="content_policy_violation"))
+    router = make_router({"primary": "p"})
+    with pytest.raises(ContentRejected) as info:
+        router.complete(HI)
+    links = every_link(info.value)
+    assert server.count("p") == 1
+    assert [type(link).__name__ for link in links if not isinstance(link, (ContentRejected, ProviderError))] == []
+    assert not [link for link in links if TEST_KEY in repr(link) + str(link) + repr(vars(link))]
 
 
 # -- 10. config oddities ------------------------------------------------------------------

@@ -31,7 +31,8 @@ def chain_sync(walk: Walk, members: Iterable[Member], attempt: Callable[[Walk, M
                 admission = tries.admit(member.guard.bulkhead.acquire(walk.deadline))
                 return Won(member, admission, attempt(walk, member, admission))
             except BaseException as exc:
-                wait = tries.failed(exc)
+                error = exc
+            wait = tries.failed(error)  # outside `except`: what it raises does not carry the raw error along
     return None
 
 
@@ -49,7 +50,8 @@ async def chain_async(walk: Walk, members: Iterable[Member],
                 admission = tries.admit(await member.guard.bulkhead.acquire_async(walk.deadline))
                 return Won(member, admission, await attempt(walk, member, admission))
             except BaseException as exc:
-                wait = tries.failed(exc)
+                error = exc
+            wait = tries.failed(error)  # outside `except`: what it raises does not carry the raw error along
     return None
 
 
