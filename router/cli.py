@@ -280,8 +280,8 @@ def _check_model_files(config: Any, file: str) -> None:
 
 
 def _advise(args: argparse.Namespace) -> int:
-    from . import advise, replay
-    from .evidence import gather, read_events
+    from .advise import recommend, replay
+    from .advise.evidence import gather, read_events
 
     if (args.write or args.replay) and not args.config:
         print("router: --write and --replay need the config in use: --config FILE (or $ROUTER_CONFIG)",
@@ -301,7 +301,7 @@ def _advise(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     config = load_config(args.config) if args.config else None
     evidence = gather(log.events)
-    found = advise.advise(evidence, config)
+    found = recommend.advise(evidence, config)
     result: dict[str, Any] = {"targets": {name: a.to_dict() for name, a in found.items()}}
     if log.skipped:
         result["skipped_lines"] = log.skipped
@@ -315,13 +315,13 @@ def _advise(args: argparse.Namespace) -> int:
     if args.replay:
         assert config is not None
         result["replay"] = {"current": replay.replay(log.events, config),
-                            "recommended": replay.replay(log.events, advise.applied(config, found))}
+                            "recommended": replay.replay(log.events, recommend.applied(config, found))}
     if args.json:
         if "replay" in result:
             result["replay"] = {k: v.to_dict() for k, v in result["replay"].items()}
         print(json.dumps(result, indent=2))
         return EXIT_OK
-    print(advise.report_text(found))
+    print(recommend.report_text(found))
     if log.skipped:
         print(f"({log.skipped} line(s) that were not router events were skipped)")
     if unknown:
@@ -337,7 +337,7 @@ def _advise(args: argparse.Namespace) -> int:
 def _write_config(source: str, dest: str, found: dict[str, Any]) -> None:
     """The config's text with the recommendations set in each target's own mapping,
     checked by the loader `check-config` uses before it replaces `dest`."""
-    from .yaml_edit import EditError, set_values
+    from .advise.yaml_edit import EditError, set_values
 
     with open(source, encoding="utf-8") as file:
         text = file.read()

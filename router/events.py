@@ -18,7 +18,7 @@ Events, by `name`, and the fields each sets:
   call              chain, served_by, outcome ("ok", "static", "failed", or "cancelled": a stream the
                     caller closed), latency_s (the whole call)
 Every event of a call but `circuit` carries its `call_id`; every event has `time` (epoch
-seconds). `router advise` (advise.py) reads these back from the JSON log.
+seconds). `router advise` (router/advise/) reads these back from the JSON log.
 """
 
 from __future__ import annotations

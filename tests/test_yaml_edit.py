@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import yaml
 
-from router.yaml_edit import EditError, set_values
+from router.advise.yaml_edit import EditError, set_values
 
 TUNED = {"timeout": 9, "retry.attempts": 1, "retry.max_wait": 2.5, "breaker.fail_max": 7}
 

@@ -272,7 +272,7 @@ class Walk:
 
     def record(self, attempt: Attempt, **measured: float | None) -> None:
         """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
-        retry_after_s, for the event only (advise.py reads them)."""
+        retry_after_s, for the event only (router advise reads them)."""
         self.route.attempts.append(attempt)
         if self._events.active:
             self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,

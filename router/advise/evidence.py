@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from .outcomes import HANDLING, Outcome
+from ..outcomes import HANDLING, Outcome
 
 
 def counts(outcome: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .evidence import Evidence, percentile, short
-from .schema import RouterConfig, TargetConfig
+from ..schema import RouterConfig, TargetConfig
 
 # The keys advise may recommend, spelled as in the config.
 KEYS = ("timeout", "first_token_timeout", "retry.attempts", "retry.min_wait", "retry.max_wait",

@@ -49,13 +49,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .evidence import attempt_start, counts, gather, percentile, reached
-from .clock import SimulatedClock, simulated
-from .errors import RouterError
-from .outcomes import Outcome, TargetFailure
-from .request import Request
-from .response import Choice, Message, Response, Usage
-from .schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
-from .targets import Target
+from ..clock import SimulatedClock, simulated
+from ..errors import RouterError
+from ..outcomes import Outcome, TargetFailure
+from ..request import Request
+from ..response import Choice, Message, Response, Usage
+from ..schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
+from ..targets import Target
 
 _MESSAGES = [{"role": "user", "content": "replayed call"}]
 _NOT_REPLAYED = {Outcome.CANCELLED.value, Outcome.NO_CAPACITY.value, Outcome.DEADLINE.value}
@@ -209,7 +209,7 @@ class ReplayResult:
 def replay(events: list[dict[str, Any]], config: RouterConfig, *, seed: int = 0) -> ReplayResult:
     """Replay the log's calls through a Router built from `config` (state in memory,
     event logging off, every target a `ReplayTarget`)."""
-    from .core import Router
+    from ..core import Router
 
     cpu = time.process_time()
     calls = recorded_calls(events)
