@@ -387,6 +387,30 @@ def test_two_routers_share_one_redis_cache(server, redis_url, namespace):
     assert reader.complete([{"role": "user", "content": "question 4"}]).route.served_by == "static"
 
 
+def test_answers_written_close_together_reach_redis_in_batches_not_one_command_each(server, redis_url, namespace):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    router = Router.from_dict(redis_config(server, redis_url, namespace))
+
+    def evalsha_calls() -> int:
+        return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    def twenty_calls(**kwargs: Any) -> int:
+        """EVALSHA commands Redis ran for 20 calls (the circuit state's scripts included)."""
+        before = evalsha_calls()
+        for i in range(20):  # ~4 ms apart: several land within one 20 ms linger of the writer
+            router.complete([{"role": "user", "content": f"batched {i}"}], **kwargs)
+        assert router.flush_cache()
+        return evalsha_calls() - before
+
+    state_only = twenty_calls(cache=False)  # neither read nor written: the circuit state's share
+    writes = twenty_calls() - state_only
+    assert 1 <= writes < 20
+    stats = router.cache_stats()["recent"]
+    assert stats["entries"] == 20 and stats["this_process"]["writes"] == 20 and stats["this_process"]["write_errors"] == 0
+
+
 def test_redis_expires_answers_after_the_ttl(server, redis_url, namespace):
     router = Router.from_dict(redis_config(server, redis_url, namespace, ttl=2))
     router.complete(HI)

@@ -4,7 +4,8 @@ Per cache tier, under `{namespace}:cache:{target}` (hash-tagged: one Cluster slo
 answer is a hash (`p` the answer, `t` when stored, `h` hits) that Redis expires after the
 ttl, and one sorted set ranks the keys by last use. A write is one Lua script: store,
 expire, rank, and drop the least recently used beyond `max_entries`, so two processes
-writing at once never leave more. A read is one HMGET: one round trip (~0.1-0.3 ms here).
+writing at once never leave more; the background writer hands it a batch of answers at
+a time (one command, one round trip). A read is one HMGET: one round trip (~0.1-0.3 ms here).
 
 Redis is a help, never a dependency of a call: an error or a reply slower than
 `SOCKET_TIMEOUT_S` is a miss (logged by the tier), and writes run in the background.
@@ -12,25 +13,33 @@ Redis is a help, never a dependency of a call: an error or a reply slower than
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from .stores import AnswerStore, Stored, summarize
+from .stores import AnswerStore, Entry, Stored, summarize
 
 SOCKET_TIMEOUT_S = 0.25  # a read only happens when the primaries failed: a little patience is fine
 
-# KEYS: entry, lru; ARGV: payload, now, ttl_ms, max_entries, member, ttl_s, entry prefix
+# KEYS: lru, then one entry key per answer; ARGV: ttl_ms, max_entries, ttl_s, entry prefix,
+# then (payload, now, member) per answer
 _PUT = """
-redis.call('HSET', KEYS[1], 'p', ARGV[1], 't', ARGV[2], 'h', 0)
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[2]) - tonumber(ARGV[6])))
-local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[4])
-if excess > 0 then
-  local victims = redis.call('ZRANGE', KEYS[2], 0, excess - 1)
-  for _, member in ipairs(victims) do redis.call('DEL', ARGV[7] .. member) end
-  redis.call('ZREM', KEYS[2], unpack(victims))
+local newest = 0
+for i = 2, #KEYS do
+  local at = 4 + 3 * (i - 2)
+  local now = tonumber(ARGV[at + 2])
+  redis.call('HSET', KEYS[i], 'p', ARGV[at + 1], 't', ARGV[at + 2], 'h', 0)
+  redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  redis.call('ZADD', KEYS[1], now, ARGV[at + 3])
+  if now > newest then newest = now end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (newest - tonumber(ARGV[3])))
+local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+if excess > 0 then
+  local victims = redis.call('ZRANGE', KEYS[1], 0, excess - 1)
+  for _, member in ipairs(victims) do redis.call('DEL', ARGV[4] .. member) end
+  redis.call('ZREM', KEYS[1], unpack(victims))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return excess
 """
 # KEYS: entry, lru; ARGV: now, member
@@ -73,9 +82,14 @@ class RedisStore(AnswerStore):
         return Stored(payload.decode(), float(stored_at))
 
     def put(self, key: str, payload: str, now: float) -> None:
-        self._put(keys=[self._entry + key, self._lru],
-                  args=[payload, f"{now:.6f}", max(1, int(self.ttl * 1000)), self.max_entries, key,
-                        self.ttl, self._entry])
+        self.put_many([Entry(key, payload, now)])
+
+    def put_many(self, entries: Sequence[Entry]) -> None:
+        """The whole batch in one script call: one command to encode, one round trip."""
+        args: list[Any] = [max(1, int(self.ttl * 1000)), self.max_entries, self.ttl, self._entry]
+        for entry in entries:
+            args += [entry.payload, f"{entry.now:.6f}", entry.key]
+        self._put(keys=[self._lru, *(self._entry + entry.key for entry in entries)], args=args)
 
     def touch(self, key: str, now: float) -> None:
         self._touch(keys=[self._entry + key, self._lru], args=[f"{now:.6f}", key])

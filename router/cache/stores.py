@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,15 @@ class Stored:
     stored_at: float  # time.time() when it was written
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One answer to store: under `key`, encoded, as of `now` (epoch seconds)."""
+
+    key: str
+    payload: str
+    now: float
+
+
 class AnswerStore:
     """The interface of the three stores."""
 
@@ -40,6 +50,12 @@ class AnswerStore:
 
     def put(self, key: str, payload: str, now: float) -> None:
         raise NotImplementedError
+
+    def put_many(self, entries: Sequence[Entry]) -> None:
+        """Several answers at once (the background writer's batch): one round trip or one
+        transaction where the store can, not one per answer."""
+        for entry in entries:
+            self.put(entry.key, entry.payload, entry.now)
 
     def touch(self, key: str, now: float) -> None:
         """`key` was served: it is the most recently used, and one hit more."""
@@ -201,12 +217,16 @@ class SqliteStore(AnswerStore):
         return Stored(row[0], row[1]) if row else None
 
     def put(self, key: str, payload: str, now: float) -> None:
+        self.put_many([Entry(key, payload, now)])
+
+    def put_many(self, entries: Sequence[Entry]) -> None:
+        """One transaction: the upserts, then one expiry and one trim for them all."""
         self._own()
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
-                self._writer.execute(_PUT, (key, payload, now, now))
-                self._writer.execute("DELETE FROM answers WHERE stored_at < ?", (now - self.ttl,))
+                self._writer.executemany(_PUT, [(e.key, e.payload, e.now, e.now) for e in entries])
+                self._writer.execute("DELETE FROM answers WHERE stored_at < ?", (entries[-1].now - self.ttl,))
                 self._writer.execute(_TRIM, (self.max_entries,))
                 self._writer.execute("COMMIT")
             except BaseException:

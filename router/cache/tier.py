@@ -25,7 +25,7 @@ from ..request import Request
 from ..response import Response, Route
 from ..schema import ChainConfig, RouterConfig, TargetConfig
 from .policy import cache_key, decode, encode, why_not_kept
-from .stores import AnswerStore, MemoryStore, SqliteStore
+from .stores import AnswerStore, Entry, MemoryStore, SqliteStore
 from .writer import BackgroundWriter
 
 log = logging.getLogger("router")
@@ -49,7 +49,7 @@ class AnswerCache:
         self.name = config.name
         self.options = config.cache
         self.store = store
-        self.writer = BackgroundWriter(config.name) if store.does_io else None
+        self.writer = BackgroundWriter(config.name, self._put_many) if store.does_io else None
         self.counts = {"hits": 0, "misses": 0, "writes": 0, "too_large": 0, "read_errors": 0, "write_errors": 0}
         self._failing: set[str] = set()
 
@@ -85,12 +85,21 @@ class AnswerCache:
         if len(payload) > self.options.max_answer_bytes or len(payload.encode()) > self.options.max_answer_bytes:
             self.counts["too_large"] += 1
             return
-        now = time.time()
-        self._run(lambda: self._put(key, payload, now))
+        entry = Entry(key, payload, time.time())
+        if self.writer is None:
+            self._put_many([entry])
+        elif not self.writer.submit_batched(entry):
+            self._trouble("write", RuntimeError(f"{self.writer.dropped} writes dropped: the store is too slow"))
 
-    def _put(self, key: str, payload: str, now: float) -> None:
-        self.store.put(key, payload, now)
-        self.counts["writes"] += 1
+    def _put_many(self, entries: list[Entry]) -> None:
+        try:
+            self.store.put_many(entries)
+        except Exception as exc:
+            self.counts["write_errors"] += len(entries)
+            self._trouble("write", exc)
+        else:
+            self.counts["writes"] += len(entries)
+            self._works("write")
 
     def _run(self, write: Callable[[], None]) -> None:
         def job() -> None:
