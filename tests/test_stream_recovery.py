@@ -180,6 +180,18 @@ def test_a_continuation_is_given_what_is_left_of_the_callers_max_tokens(server, 
 
 
 @APIS
+def test_a_stall_no_target_can_continue_is_reported_as_the_silence_it_was_recorded_as(server, make_router, api):
+    router = make_router({"primary": primary(server, faults.stream(TEXT, stall_after=3, stall_seconds=30))})
+    got = receive(router, api)
+    assert isinstance(got.error, StreamInterrupted) and got.error.partial_text == "one two three "
+    assert outcomes(got.error.route) == [("primary", "silent")]
+    stalled = f"the stream stalled: no chunk for {IDLE:g} s (stream_idle_timeout)"
+    assert got.error.route.attempts[0].detail == stalled
+    assert str(got.error).endswith(f"could continue it: {stalled}")  # not the reader's bare "Stalled"
+    assert got.error.__cause__.outcome == "silent"
+
+
+@APIS
 def test_a_prefill_refusal_is_recorded_and_passed_over_for_the_next_target(server, make_router, api):
     router = make_router({"primary": primary(server, faults.stream(TEXT, cut_after=3)),
                           "secondary": fallback(server, "s", faults.refuse_prefill(faults.stream(TEXT))),

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import recovery
 from ..errors import StreamInterrupted
-from ..outcomes import classify
+from ..outcomes import Failure
 from ..recovery import Recovery
 from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
 from ..schema import TargetConfig
@@ -39,6 +39,7 @@ class _StreamCore:
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
         self.restarts = 0
         self.broken_at = 0  # index in route.attempts of the last break
+        self.break_failure: Failure | None = None  # the last break, as recorded against its target
         if opened is not None:
             self.switch(opened)
 
@@ -119,29 +120,30 @@ class _StreamCore:
         note = recovery.break_note(exc)
         if note is not None:
             self.walk.note(broken)(note)
-        self.walk.stream_broke(self.opened.member, self.opened.admission, exc)
+        self.break_failure = self.walk.stream_broke(self.opened.member, self.opened.admission, exc).failure
         self.broken_at = len(self.walk.route.attempts) - 1
         return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
                              self.walk.can_continue)
 
-    def replace(self, exc: BaseException, plan: Recovery | None, replacement: Opened | None) -> None:
+    def replace(self, plan: Recovery | None, replacement: Opened | None) -> None:
         """Go on with the `replacement` of the broken stream, or raise `StreamInterrupted`."""
-        assert self.opened is not None  # the broken one, until replaced
-        broken = self.opened.config
+        assert self.opened is not None and self.break_failure is not None  # the broken one, until replaced
+        broken, failure = self.opened.config, self.break_failure
         if replacement is None:
-            raise self.interrupted(exc, broken) from self.walk.redacted(exc, broken.name)
+            raise self.interrupted(failure, broken) from self.walk.redacted(failure, broken.name)
         self.switch(replacement, plan)
 
-    def interrupted(self, exc: BaseException, broken: TargetConfig) -> StreamInterrupted:
-        """No target took the stream up: the real error is the break (the message, the
-        cause); what each target tried after it said is appended, as facts."""
+    def interrupted(self, failure: Failure, broken: TargetConfig) -> StreamInterrupted:
+        """No target took the stream up: the real error is the break as recorded (a stall is
+        `silent`, not the reader's bare `Stalled`), the message and the cause; what each
+        target tried after it said is appended, as facts."""
         self.walk.finish("failed")
         text = self.text
         tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
                  for a in self.walk.route.attempts[self.broken_at + 1:]]
         then = f"; then {'; '.join(tried)}" if tried else ""
         return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
-                                 f"target could continue it: {self.walk.detail(classify(exc).message)}{then}",
+                                 f"target could continue it: {self.walk.detail(failure.message)}{then}",
                                  partial_text=text, route=self.walk.route)
 
     def abandon(self) -> None:
@@ -207,7 +209,7 @@ class Stream(_StreamShell):
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
             plan = core.broke(broke)
-            core.replace(broke, plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
+            core.replace(plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
         raise StopIteration
 
     def close(self) -> None:
@@ -255,7 +257,7 @@ class AsyncStream(_StreamShell):
                 continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
             plan = core.broke(broke)
-            core.replace(broke, plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
+            core.replace(plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
                                                                 plan.partial))
         raise StopAsyncIteration
 

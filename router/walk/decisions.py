@@ -248,10 +248,8 @@ class Walk:
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
-    def redacted(self, failure: Failure | BaseException, target: str) -> ProviderError:
+    def redacted(self, failure: Failure, target: str) -> ProviderError:
         """What may leave the router of a failure: never the provider's exception itself."""
-        if isinstance(failure, BaseException):
-            failure = classify(failure)
         return provider_error(type(failure.error).__name__, self.detail(failure.message), status=failure.status,
                               code=failure.code, outcome=failure.outcome.value, target=target)
 
