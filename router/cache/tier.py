@@ -71,7 +71,7 @@ class AnswerCache:
             raise TargetFailure(Outcome.CACHE_MISS, f"no answer stored for this request within the last "
                                                     f"{self.options.ttl:g} s")
         self.counts["hits"] += 1
-        self._run(lambda: self.store.touch(key, now))
+        self._touch(key, now)
         return decode(stored.payload), CacheHit(max(0.0, now - stored.stored_at))
 
     async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
@@ -88,32 +88,36 @@ class AnswerCache:
         entry = Entry(key, payload, time.time())
         if self.writer is None:
             self._put_many([entry])
-        elif not self.writer.submit_batched(entry):
-            self._trouble("write", RuntimeError(f"{self.writer.dropped} writes dropped: the store is too slow"))
+        else:
+            self._queued(self.writer.submit_batched(entry))
 
     def _put_many(self, entries: list[Entry]) -> None:
-        try:
-            self.store.put_many(entries)
-        except Exception as exc:
-            self.counts["write_errors"] += len(entries)
-            self._trouble("write", exc)
-        else:
+        if self._write(lambda: self.store.put_many(entries), len(entries)):
             self.counts["writes"] += len(entries)
-            self._works("write")
 
-    def _run(self, write: Callable[[], None]) -> None:
-        def job() -> None:
-            try:
-                write()
-            except Exception as exc:
-                self.counts["write_errors"] += 1
-                self._trouble("write", exc)
-            else:
-                self._works("write")
+    def _touch(self, key: str, now: float) -> None:
+        def touch() -> None:
+            self._write(lambda: self.store.touch(key, now), 1)
 
         if self.writer is None:
-            job()
-        elif not self.writer.submit(job):
+            touch()
+        else:
+            self._queued(self.writer.submit(touch))
+
+    def _write(self, write: Callable[[], None], count: int) -> bool:
+        """Run one write of `count` answers; a failure is counted and logged (once), never raised."""
+        try:
+            write()
+        except Exception as exc:
+            self.counts["write_errors"] += count
+            self._trouble("write", exc)
+            return False
+        self._works("write")
+        return True
+
+    def _queued(self, accepted: bool) -> None:
+        if not accepted:
+            assert self.writer is not None
             self._trouble("write", RuntimeError(f"{self.writer.dropped} writes dropped: the store is too slow"))
 
     def _trouble(self, kind: str, exc: BaseException) -> None:

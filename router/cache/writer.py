@@ -97,9 +97,10 @@ class BackgroundWriter:
                 self._thread.start()
 
     def _run(self) -> None:
-        held = None
+        held = None  # a job met while gathering a batch, run next
         while True:
-            job, held = (held, None) if held is not None else (self._jobs.get(), None)
+            job = held if held is not None else self._jobs.get()
+            held = None
             if isinstance(job, Batched):
                 batch, held = self._gather(job)
                 self._do(lambda: self.write_batch(batch))  # type: ignore[misc]
