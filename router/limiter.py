@@ -36,11 +36,10 @@ from . import clock
 from .learned import LearnedLimits
 from .rate_store import Buckets, Cost
 from .ratelimit import provider_limits
-from .request import Request
+from .request import Request, estimated_tokens
 from .schema import RateLimitPolicy
 
 PAUSE_WITHOUT_RETRY_AFTER_S = 1.0  # a 429 that says nothing about when: pause this long
-CHARS_PER_TOKEN = 4  # a prompt-size estimate that needs no tokenizer
 
 
 @dataclass
@@ -341,4 +340,4 @@ def estimate_cost(request: Request) -> Cost:
     completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or 0
     if not isinstance(completion, (int, float)) or isinstance(completion, bool):
         completion = 0
-    return Cost(1.0, float(math.ceil(chars / CHARS_PER_TOKEN) + completion))
+    return Cost(1.0, float(estimated_tokens(chars) + completion))

@@ -26,7 +26,6 @@ refusal is); the stream shells in streaming/ (opening.py, reading.py) do the I/O
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +34,6 @@ from .outcomes import Outcome, TargetFailure, classify
 from .response import Chunk, ChunkChoice, Delta
 
 CONTINUE, RESTART, ERROR = "continue", "restart", "error"
-CHARS_PER_TOKEN = 4  # estimates the tokens of text already sent, where no tokenizer is at hand
 _LENGTH_KEYS = ("max_tokens", "max_completion_tokens")
 MID_STREAM_CHOICES = (CONTINUE, RESTART, ERROR)
 
@@ -79,11 +77,6 @@ def continuation_params(params: dict[str, Any], spent: int) -> dict[str, Any]:
     (at least 1), not a fresh allowance on top of the text already sent."""
     limited = {key: max(1, params[key] - spent) for key in _LENGTH_KEYS if isinstance(params.get(key), int)}
     return {**params, **limited} if limited else params
-
-
-def estimated_tokens(text: str) -> int:
-    """Tokens in `text`, estimated (about four characters each in English prose)."""
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
 def stalled(idle_timeout: float) -> TargetFailure:

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import InvalidRequest
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+CHARS_PER_TOKEN = 4  # English prose: an estimate for where no tokenizer is at hand
 # Keys the router owns: a caller passing them would bypass the target's configuration
 # (litellm's own retries and fallbacks included: retrying happens in one place, ours).
 RESERVED_PARAMS = frozenset({"model", "messages", "api_key", "api_base", "base_url", "max_retries",
@@ -304,3 +305,8 @@ _PARAM_CHECKS = {
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def estimated_tokens(chars: int) -> int:
+    """Tokens in `chars` characters of text, estimated (rate limits, continuations)."""
+    return math.ceil(chars / CHARS_PER_TOKEN)

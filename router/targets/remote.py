@@ -20,9 +20,9 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..recovery import continuation_params, estimated_tokens, prefill_messages
+from ..recovery import continuation_params, prefill_messages
 from ..schema import TargetConfig
-from ..request import Request
+from ..request import Request, estimated_tokens
 from ..outcomes import Outcome, TargetFailure
 from ..response import Response
 from . import Note, Target
@@ -164,7 +164,7 @@ class RemoteTarget(Target):
         messages = request.messages
         if partial:
             messages = prefill_messages(messages, partial)
-            params = continuation_params(params, estimated_tokens(partial))
+            params = continuation_params(params, estimated_tokens(len(partial)))
         return {"messages": messages, "timeout": timeout, **params, **self._fixed, **own}
 
     def __repr__(self) -> str:
