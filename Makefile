@@ -12,10 +12,22 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# pip keeps the llama-cpp-python wheel it compiled (~6 min on 2 cores) in its cache,
-# so a second install reuses it instead of compiling again.
-$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[local,redis,dev]'
+# llama-cpp-python compiles llama.cpp (3-6 min on 2 cores). It is built for a portable
+# x86-64 (AVX2, FMA, F16C), not with -march=native: a native build on this project's
+# machines (Xeon with AMX) crashes in batched decoding, a segfault in llama_decode on any
+# prompt longer than one token (measured 2026-12-05). The wheel is kept in a cache of our
+# own, keyed by version and flags, so pip's wheel cache can never hand back a build made
+# with other flags, and a second install does not compile again.
+LLAMA_VERSION := $(shell sed -n 's/^llama_cpp_python==//p' constraints.txt)
+LLAMA_CMAKE   := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_WHEELS  := $(HOME)/.cache/failover-router/llama-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE)' | cksum | cut -d' ' -f1)
+
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile | $(BIN)/python
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS='$(LLAMA_CMAKE)' $(BIN)/python -m pip wheel --quiet --no-deps --no-cache-dir \
+			-w $(LLAMA_WHEELS) 'llama-cpp-python==$(LLAMA_VERSION)'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --find-links $(LLAMA_WHEELS) \
+		--only-binary llama-cpp-python -e '.[local,redis,dev]'
 	touch $@
 
 install: $(VENV)/.installed
