@@ -130,7 +130,7 @@ class _Worker:
 
     def prepare(self, config: dict[str, Any], requests: int) -> dict[str, Any]:
         from router import Router
-        from router.breaker import CircuitOpen
+        from router.guards.circuit import CircuitOpen
 
         router = Router.from_dict(config)
         self.router, self.requests = router, requests

@@ -15,7 +15,7 @@ from typing import Any
 from . import errors
 from .core import Router, default_router
 from .errors import AllTargetsFailed, ConfigError, ContentRejected, InvalidRequest, StreamInterrupted
-from .events import Event, LoggingListener
+from .observe.events import Event, LoggingListener
 from .response import Attempt, Chunk, Response, Route
 from .streaming import AsyncStream, Stream
 

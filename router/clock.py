@@ -1,6 +1,6 @@
 """The router's clock, in one replaceable place.
 
-Deadlines (retry.py) and circuits (breaker.py) read the time through here, so that
+Deadlines (guards/retry.py) and circuits (guards/circuit.py) read the time through here, so that
 `router advise --replay` can run the real chain walk on a simulated clock: hours of
 recorded traffic replay in seconds of CPU. Outside a replay these are exactly
 `time.monotonic` and `datetime.now(timezone.utc)`.

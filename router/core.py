@@ -1,5 +1,5 @@
 """The `Router`: built from a config, it owns one target object (targets/) and one `Guard`
-(guard.py: circuit, retry budget, bulkhead, rate limiter, misconfigured flag) per configured target,
+(guards/guard.py: circuit, retry budget, bulkhead, rate limiter, misconfigured flag) per configured target,
 and hands each call to the chain walk (walk/) or the stream opener (streaming/) with
 a `Crew` of those: the walk never sees the Router."""
 
@@ -18,12 +18,13 @@ from .cache.tier import open_caches
 from .config import config_from_dict, load_config
 from .deadline import Deadline
 from .errors import InvalidRequest
-from .events import Events, Listener, LoggingListener
-from .guard import Guard, build_guard
-from .redact import Redactor
+from .observe.events import Events, Listener, LoggingListener
+from .guards.guard import Guard
+from .state import build_guard
+from .observe.redact import Redactor
 from .request import build_request, check_deadline
 from .response import Response
-from .schema import ChainConfig, RouterConfig, TargetConfig
+from .config.schema import ChainConfig, RouterConfig, TargetConfig
 from .state import build_state
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .targets import Target, build_target
@@ -35,7 +36,7 @@ log = logging.getLogger("router")
 class Router:
     """Routes chat completions down configured chains of targets.
 
-    `listeners` receive every `Event` (events.py); `sleep` / `async_sleep` replace the
+    `listeners` receive every `Event` (observe/events.py); `sleep` / `async_sleep` replace the
     backoff waits (tests pass a recorder, or a no-op to turn waits off); `target_factory`
     builds the object that answers for each configured target (default: `build_target`;
     `router advise --replay` passes one that plays a recorded log back).
@@ -209,7 +210,7 @@ def _configured_listeners(config: RouterConfig) -> list[Listener]:
     if config.events.log != "off":
         listeners.append(LoggingListener(json=config.events.log == "json"))
     if config.events.metrics:
-        from .metrics import PrometheusListener
+        from .observe.metrics import PrometheusListener
 
         listeners.append(PrometheusListener())
     return listeners

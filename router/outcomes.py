@@ -5,7 +5,7 @@ about it: `HANDLING` is the outcome table, and `handle()` beside it reads a row 
 with the target's retry policy and the chain's settings (retry a timeout only with
 `retry_on_timeout`; a 429 only when its Retry-After is at most `max_retry_after`, and a
 longer one keeps the circuit open that long; content policy fails over only when the
-chain says so). The walk (walk/decisions.py) and the guard (guard.py) act on the `Handling` it
+chain says so). The walk (walk/decisions.py) and the guard (guards/guard.py) act on the `Handling` it
 returns and decide nothing themselves.
 
 Classification reads the exception chain (`__cause__`/`__context__`) and status codes by
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .ratelimit import retry_after_seconds
-from .schema import ChainConfig, RetryPolicy
+from .limits.provider_headers import retry_after_seconds
+from .config.schema import ChainConfig, RetryPolicy
 
 
 class Outcome(str, Enum):
@@ -66,7 +66,7 @@ HANDLING: Mapping[Outcome, Handling] = {
     # A silent provider rarely answers a second time sooner: next target at once,
     # unless the target sets retry_on_timeout.
     Outcome.SILENT: Handling(retry=False, counts=True, fail_over=True),
-    # Retried only when Retry-After is short enough (handle()) and fits the deadline (retry.py).
+    # Retried only when Retry-After is short enough (handle()) and fits the deadline (guards/retry.py).
     Outcome.RATE_LIMITED: Handling(retry=True, counts=True, fail_over=True),
     Outcome.UNREACHABLE: Handling(retry=False, counts=True, fail_over=True),
     Outcome.REJECTED: Handling(retry=False, counts=False, fail_over=True),
@@ -75,7 +75,7 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
-    # Our own rate limit (limiter.py) found no room soon enough: nothing was sent.
+    # Our own rate limit (limits/limiter.py) found no room soon enough: nothing was sent.
     Outcome.THROTTLED: Handling(retry=False, counts=False, fail_over=True),
     # No request reached the provider: the provider is not to blame and a retry would fail
     # the same way; another target (another SDK transform) may still manage.

@@ -1,7 +1,7 @@
 """What the router's JSON event log shows about each target: the evidence `router advise`
 reasons from.
 
-Events (events.py) are read back in time order; per target, `gather` follows its circuit
+Events (observe/events.py) are read back in time order; per target, `gather` follows its circuit
 through the log and sorts its failures into noise (runs of consecutive failures that
 ended in a success while the circuit stayed closed) and outages (the circuit open ->
 closed), counts how often attempt k of a call succeeded, and keeps the latencies of

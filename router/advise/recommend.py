@@ -1,6 +1,6 @@
 """`router advise`: what the event log shows about each target, and the settings it argues for.
 
-The router's JSON event log (`events: {log: json}`, events.py) holds every attempt with
+The router's JSON event log (`events: {log: json}`, observe/events.py) holds every attempt with
 its outcome, latency, timeout and call id, every retry and every circuit change. From it,
 per target: `Evidence` (latency percentiles, runs of consecutive failures while the
 circuit stayed closed, outages, how often each retry succeeded, Retry-After values), then
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .evidence import Evidence, percentile, short
-from ..schema import RouterConfig, TargetConfig
+from ..config.schema import RouterConfig, TargetConfig
 
 # The keys advise may recommend, spelled as in the config.
 KEYS = ("timeout", "first_token_timeout", "retry.attempts", "retry.min_wait", "retry.max_wait",

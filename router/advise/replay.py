@@ -54,7 +54,7 @@ from ..errors import RouterError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Choice, Message, Response, Usage
-from ..schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
+from ..config.schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
 from ..targets import Target
 
 _MESSAGES = [{"role": "user", "content": "replayed call"}]

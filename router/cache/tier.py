@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..response import Response, Route
-from ..schema import ChainConfig, RouterConfig, TargetConfig
+from ..config.schema import ChainConfig, RouterConfig, TargetConfig
 from .policy import cache_key, decode, encode, why_not_kept
 from .stores import AnswerStore, Entry, MemoryStore, SqliteStore
 from .writer import BackgroundWriter

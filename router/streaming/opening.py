@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import recovery
+from . import recovery
 from ..deadline import Deadline
 from ..outcomes import Outcome, TargetFailure
 from ..response import Chunk
-from ..schema import TargetConfig
-from ..stream_sources import END, AsyncSource, Stalled, ThreadedSource
+from ..config.schema import TargetConfig
+from .sources import END, AsyncSource, Stalled, ThreadedSource
 from ..walk import Admission, Member, Walk, Won, chain_async, chain_sync
 
 

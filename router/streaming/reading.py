@@ -13,13 +13,13 @@ import contextlib
 from collections import deque
 from typing import Any
 
-from .. import recovery
+from . import recovery
 from ..errors import StreamInterrupted
 from ..outcomes import Failure
-from ..recovery import Recovery
+from .recovery import Recovery
 from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
-from ..schema import TargetConfig
-from ..stream_sources import END, Stalled
+from ..config.schema import TargetConfig
+from .sources import END, Stalled
 from ..walk import Walk
 from .opening import Opened, carries_answer, open_async, open_sync
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..request import Request
 from ..response import Response
-from ..schema import TargetConfig
+from ..config.schema import TargetConfig
 
 if TYPE_CHECKING:
     from ..cache.tier import AnswerCaches

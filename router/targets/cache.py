@@ -15,7 +15,7 @@ from typing import Any
 from ..cache.tier import AnswerCache
 from ..request import Request
 from ..response import Response
-from ..schema import TargetConfig
+from ..config.schema import TargetConfig
 from . import Note, Target
 
 WORDS_PER_CHUNK = 8

@@ -33,11 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..schema import LocalOptions, TargetConfig
+from ..config.schema import LocalOptions, TargetConfig
 from ..deadline import Deadline
 from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
-from ..recovery import continuation_params
+from .prefill import continuation_params
 from ..request import Request
 from ..response import Response
 from . import Note, Target

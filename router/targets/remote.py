@@ -20,8 +20,8 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from ..recovery import continuation_params, prefill_messages
-from ..schema import TargetConfig
+from .prefill import continuation_params, prefill_messages
+from ..config.schema import TargetConfig
 from ..request import Request, estimated_tokens
 from ..outcomes import Outcome, TargetFailure
 from ..response import Response
@@ -147,7 +147,7 @@ class RemoteTarget(Target):
 
     def stream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> Iterator[Any]:
         """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
-        result's `abort()` closes the connection from another thread (stream_sources.py).
+        result's `abort()` closes the connection from another thread (streaming/sources.py).
         `partial`: continue that answer, sent as an assistant prefill."""
         litellm = litellm_module()
         return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),

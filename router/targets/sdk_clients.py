@@ -24,7 +24,7 @@ import threading
 import weakref
 from typing import Any
 
-from ..schema import TargetConfig
+from ..config.schema import TargetConfig
 
 
 class SdkClients:

@@ -2,9 +2,9 @@
 
 For each target of the chain, in order: pass it over when it is disabled, offline, known
 too small, out of time or its circuit is open; otherwise attempt it through its `Guard`
-(guard.py: rate-limit room, bulkhead slot, circuit admission), classify what went wrong
+(guards/guard.py: rate-limit room, bulkhead slot, circuit admission), classify what went wrong
 (outcomes.py), and let the outcome table say whether to retry it (after a wait from
-retry.py), count it, or fail over. The first answer wins; when none comes, the chain's
+guards/retry.py), count it, or fail over. The first answer wins; when none comes, the chain's
 static reply or `AllTargetsFailed`.
 
 - parts.py: the data the layers hand each other (`Crew`, `Member`, `Admission`, `Won`,

@@ -6,7 +6,7 @@ what each attempt may take (timeout, rate-limit cost and wait), how an attempt e
 (classified by outcomes.py, settled with the target's `Guard`), and how the call ends
 (`answer`, the static reply or `AllTargetsFailed`). `Tries` is one target within the call:
 admission, and after a failure the outcome table's word: retry (after a wait from
-retry.py) or give up.
+guards/retry.py) or give up.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..breaker import CircuitOpen
+from ..guards.circuit import CircuitOpen
 from ..cache.tier import CacheHit
 from ..deadline import Deadline
 from ..errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
-from ..limiter import Permit, Refusal, estimate_cost
+from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
-from ..rate_store import Cost
+from ..limits.buckets import Cost
 from ..request import Request
 from ..response import Attempt, Choice, Message, Response, Route, Usage
-from ..retry import MIN_ATTEMPT_S, Retries
-from ..schema import ChainConfig, TargetConfig
+from ..guards.retry import MIN_ATTEMPT_S, Retries
+from ..config.schema import ChainConfig, TargetConfig
 from ..targets import Note
 from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
 
@@ -281,7 +281,7 @@ class Walk:
 
 class Tries:
     """The attempts at one target within one call: admission, and after a failure, retry
-    (and how long to wait first) or give up. The retry strategies (retry.py) are built
+    (and how long to wait first) or give up. The retry strategies (guards/retry.py) are built
     on the first failure the table allows to retry, never on the happy path."""
 
     __slots__ = ("walk", "member", "attempts", "admission", "retries", "permit")

@@ -10,13 +10,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from ..breaker import Ticket
+from ..guards.circuit import Ticket
 from ..cache.tier import AnswerCaches
-from ..events import Events
-from ..guard import Guard
-from ..limiter import Permit
+from ..observe.events import Events
+from ..guards.guard import Guard
+from ..limits.limiter import Permit
 from ..outcomes import Failure, Handling
-from ..schema import TargetConfig
+from ..config.schema import TargetConfig
 from ..targets import Target
 
 T = TypeVar("T")
