@@ -88,15 +88,30 @@ def warm_litellm_in_background() -> None:
 
 
 def model_supports_prefill(model: str) -> bool:
-    """litellm's model info `supports_assistant_prefill` for `model`; False for a model it
-    does not know (an OpenAI-compatible server's model, say)."""
-    litellm_module()
-    from litellm.utils import supports_assistant_prefill
+    """Whether `model` takes an assistant prefill, when its target does not say (`prefill:`).
 
+    litellm's model info `supports_assistant_prefill`, where its price list knows the model
+    and says. For a model it does not know (or knows without saying): yes when litellm
+    sends it to Anthropic, whose Messages API continues a final assistant turn natively
+    (the shipped config's `anthropic/claude-3-5-haiku-latest` is such a model: litellm
+    1.110's list has no entry for it); no for anything else (an OpenAI-compatible
+    server's model, say). Guessing yes costs little when wrong: the model answers the
+    continuation with a 400, recorded as `rejected` and remembered (`refused_prefill`), and
+    the stream goes on to the next target; guessing no would lose every continuation on
+    Anthropic's older models.
+    """
+    litellm = litellm_module()
     try:
-        return bool(supports_assistant_prefill(model=model))
-    except Exception:  # unknown model or provider: litellm raises rather than answers
+        known = litellm.get_model_info(model=model).get("supports_assistant_prefill")
+    except Exception:  # not in litellm's price list: it raises rather than answers
+        known = None
+    if known is not None:
+        return bool(known)
+    try:
+        provider = litellm.get_llm_provider(model=model)[1]
+    except Exception:  # an unknown provider: litellm's own call raises it, classified
         return False
+    return provider == "anthropic"
 
 
 class RemoteTarget(Target):
