@@ -122,6 +122,7 @@ class RemoteTarget(Target):
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self._prefill: bool | None = config.prefill
+        self._provider_name: str | None = None
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
@@ -166,12 +167,32 @@ class RemoteTarget(Target):
         `partial`: continue that answer, sent as an assistant prefill."""
         litellm = litellm_module()
         return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),
-                                                                                 partial)))
+                                                                                 partial)), self._stripped(partial))
 
     async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
         litellm = litellm_module()
-        return await litellm.acompletion(stream=True, **self._arguments(request, timeout,
-                                                                        self._clients.for_running_loop(), partial))
+        chunks = await litellm.acompletion(stream=True, **self._arguments(request, timeout,
+                                                                          self._clients.for_running_loop(), partial))
+        stripped = self._stripped(partial)
+        return TrimmedAsyncChunks(chunks, stripped) if stripped else chunks
+
+    def _stripped(self, partial: str) -> int:
+        """How many trailing whitespace characters of a continuation's prefill never reach
+        the model: litellm strips them for Anthropic, whose API refuses a final assistant
+        turn ending in whitespace ("one two " goes as "one two"). The model then writes the
+        space itself (" three"), which the caller already has: that many leading
+        whitespace characters of the continuation are dropped (else: "two  three")."""
+        if not partial or self._provider() != "anthropic":
+            return 0
+        return len(partial) - len(partial.rstrip())
+
+    def _provider(self) -> str | None:
+        if self._provider_name is None:
+            try:
+                self._provider_name = litellm_module().get_llm_provider(model=self.config.model)[1]
+            except Exception:  # an unknown provider: litellm's own call raises it, classified
+                self._provider_name = ""
+        return self._provider_name
 
     def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
         own = {"client": client} if client is not None else {}
@@ -197,11 +218,15 @@ class AbortableChunks:
     streams another way has no such path: `abort()` does nothing, the read timeout ends it.
     """
 
-    def __init__(self, chunks: Any) -> None:
+    def __init__(self, chunks: Any, trim: int = 0) -> None:
         self._chunks = chunks
+        self._trim = trim  # leading whitespace characters of the text to drop (RemoteTarget._stripped)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._chunks)
+        for chunk in self._chunks:
+            if self._trim:
+                self._trim = trim_leading_whitespace(chunk, self._trim)
+            yield chunk
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)
@@ -215,6 +240,43 @@ class AbortableChunks:
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed: nothing left to wake
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+class TrimmedAsyncChunks:
+    """litellm's async chunk iterator with up to `trim` leading whitespace characters of
+    its text dropped (RemoteTarget._stripped); closes what it wraps."""
+
+    def __init__(self, chunks: Any, trim: int) -> None:
+        self._chunks = chunks
+        self._trim = trim
+
+    def __aiter__(self) -> "TrimmedAsyncChunks":
+        return self
+
+    async def __anext__(self) -> Any:
+        chunk = await self._chunks.__anext__()
+        if self._trim:
+            self._trim = trim_leading_whitespace(chunk, self._trim)
+        return chunk
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def trim_leading_whitespace(chunk: Any, budget: int) -> int:
+    """Drop up to `budget` whitespace characters from the start of `chunk`'s text; returns
+    what is left of the budget: 0 once the chunk had text beyond them."""
+    for choice in getattr(chunk, "choices", None) or ():
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if not isinstance(content, str) or not content:
+            continue
+        cut = min(budget, len(content) - len(content.lstrip()))
+        delta.content = content[cut:]
+        return budget - cut if cut == len(content) else 0
+    return budget
 
 
 def _answer(raw: Any) -> Response:
