@@ -114,6 +114,13 @@ def model_supports_prefill(model: str) -> bool:
     return provider == "anthropic"
 
 
+# What an Anthropic model litellm does not know is asked for when the call sets no
+# max_tokens (Anthropic requires one): litellm would send 128000, its
+# DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS, beyond the output limit of every Claude before 4.6
+# (8192 for 3.5 Haiku, 4096 for 3 Haiku), which the API refuses with a 400.
+UNKNOWN_ANTHROPIC_MAX_TOKENS = 4096
+
+
 class RemoteTarget(Target):
     """One provider + model reached with `litellm.completion`."""
 
@@ -123,6 +130,7 @@ class RemoteTarget(Target):
         self.config = config
         self._prefill: bool | None = config.prefill
         self._provider_name: str | None = None
+        self._output_limit: int | None = None  # litellm's max_output_tokens (0: it does not know)
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
@@ -186,6 +194,17 @@ class RemoteTarget(Target):
             return 0
         return len(partial) - len(partial.rstrip())
 
+    def _unknown_anthropic(self) -> bool:
+        """An Anthropic model with no output limit in litellm's price list."""
+        if self._provider() != "anthropic":
+            return False
+        if self._output_limit is None:
+            try:
+                self._output_limit = litellm_module().get_model_info(model=self.config.model).get("max_output_tokens") or 0
+            except Exception:  # not in the list: litellm raises rather than answers
+                self._output_limit = 0
+        return not self._output_limit
+
     def _provider(self) -> str | None:
         if self._provider_name is None:
             try:
@@ -197,6 +216,8 @@ class RemoteTarget(Target):
     def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
         own = {"client": client} if client is not None else {}
         params = {**self.config.params, **request.params}
+        if not any(key in params for key in ("max_tokens", "max_completion_tokens")) and self._unknown_anthropic():
+            params["max_tokens"] = UNKNOWN_ANTHROPIC_MAX_TOKENS
         messages = request.messages
         if partial:
             messages = prefill_messages(messages, partial)

@@ -3,13 +3,14 @@ sockets, to the fault server's `/v1/messages` (router/testing/anthropic_wire.py)
 
 Each row of the outcome table a provider can cause, as Anthropic sends it; what is
 asserted is what the server received (counts, paths, bodies) and what the route recorded.
-Rows no provider causes (`no_capacity`, `unsupported`, `cache_miss`, `unsent`) are the
-router's own and are tested once, in tests/test_outcomes.py and beside their tiers.
+`unsupported` (tools on the local tier) is in test_anthropic_streams.py, with the shipped
+chain; `cache_miss` is a cache tier's own row (tests/cache/), whatever the provider.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -53,6 +54,16 @@ def test_an_anthropic_target_answers_through_the_messages_api(server, pair):
     assert sent.body["system"] == [{"type": "text", "text": "be brief"}]  # litellm moved it out of messages
     assert sent.body["max_tokens"] == 50
     assert resp.usage.prompt_tokens == 3 and resp.usage.completion_tokens == 1
+
+
+@pytest.mark.parametrize(("model", "sent"), [("claude-3-5-haiku-latest", 4096), ("claude-haiku-4-5", 64000)])
+def test_an_unset_max_tokens_is_one_every_claude_accepts_when_litellm_does_not_know_the_model(
+        server, make_router, model, sent):
+    # litellm would send 128000 for a model missing from its price list: over 3.5 Haiku's 8192, a 400
+    router = make_router({"primary": anthropic(server, model)})
+    router.complete(HI)
+    router.complete(HI, max_tokens=10)
+    assert [r.body["max_tokens"] for r in server.requests(model)] == [sent, 10]
 
 
 @pytest.mark.parametrize("fault", [faults.status(529), faults.status(500), faults.reset(), faults.malformed()],
@@ -192,3 +203,24 @@ def test_an_errors_detail_is_the_providers_message_not_its_json_body(server, mak
     assert TEST_KEY not in detail and "{" not in detail and "b'" not in detail
     assert str(info.value.errors["primary"]) == detail
     assert TEST_KEY not in str(info.value)
+
+
+def test_a_request_litellm_cannot_translate_for_anthropic_is_unsent(server, pair):
+    odd = [{"role": "user", "content": [{"type": "no-such-part", "x": 1}]}]  # valid in shape, untranslatable
+    router = pair()
+    with pytest.raises(AllTargetsFailed) as info:
+        router.complete(odd)
+    assert [a.outcome for a in info.value.attempts] == ["unsent", "unsent"]
+    assert server.count() == 0 and router.status()["primary"]["failures"] == 0
+
+
+def test_a_full_bulkhead_fails_over_as_no_capacity(server, make_router):
+    server.script("p", faults.ok("slow", delay=1.0))
+    router = make_router({"primary": anthropic(server, "p", max_concurrency=1), "secondary": anthropic(server, "s")})
+    first = threading.Thread(target=router.complete, args=(HI,))
+    first.start()
+    time.sleep(0.3)
+    resp = router.complete(HI)
+    first.join()
+    assert outcomes(resp) == [("primary", "no_capacity"), ("secondary", "ok")]
+    assert server.count("p") == 1
