@@ -29,11 +29,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from .faults import AUTHORIZATION, Status, ToolCall, default_status, status
+from .error_words import AUTHORIZATION, default_status
+from .faults import Status, ToolCall, status
 from .wire import answer_finish, argument_pieces, prefill_of, prompt_words, split_words, status_headers, to_json
 
 PROMPT_TOO_LONG_MESSAGE = "prompt is too long: 9000 tokens > 8192 maximum"
 CONTENT_FILTERED_MESSAGE = "Output blocked by content filtering policy"
+SIGNATURE = "c2lnbmVkIGJ5IHRoZSBmYXVsdCBzZXJ2ZXI="  # a thinking block's signature (opaque to clients)
 TRAILING_WHITESPACE_MESSAGE = "messages: final assistant content cannot end with trailing whitespace"
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -107,14 +109,15 @@ class AnthropicWire:
     """The request handler's view of Anthropic's shape (see wire.Wire)."""
 
     def completion(self, body: dict, text: str, tool_calls: Sequence[ToolCall] = (),
-                   finish_reason: str = "stop") -> dict:
-        content: list[dict] = [{"type": "text", "text": text}] if text or not tool_calls else []
+                   finish_reason: str = "stop", thinking: str = "") -> dict:
+        content: list[dict] = [{"type": "thinking", "thinking": thinking, "signature": SIGNATURE}] if thinking else []
+        content += [{"type": "text", "text": text}] if text or not tool_calls else []
         content += [{"type": "tool_use", "id": _tool_id(call), "name": call.name, "input": _tool_input(call)}
                     for call in tool_calls]
         finish = answer_finish(finish_reason, tool_calls)
         return {"id": _message_id(), "type": "message", "role": "assistant", "model": body.get("model"),
                 "content": content, "stop_reason": _STOP_REASONS.get(finish, finish), "stop_sequence": None,
-                "usage": usage(body, text, tool_calls)}
+                "usage": usage(body, f"{thinking} {text}", tool_calls)}
 
     def error(self, fault: Status, credential: str) -> tuple[int, dict, list]:
         code = fault.code
@@ -151,6 +154,7 @@ class AnthropicStream:
         self._body = body
         self._blocks = 0  # content blocks opened so far
         self._tool_calls: Sequence[ToolCall] = ()
+        self._thinking = ""
 
     def opening(self) -> list[bytes]:
         message = {"id": _message_id(), "type": "message", "role": "assistant", "content": [],
@@ -171,11 +175,18 @@ class AnthropicStream:
         return _event("content_block_delta", {"type": "content_block_delta", "index": self._blocks - 1,
                                               "delta": delta})
 
-    def units(self, text: str, tool_calls: Sequence[ToolCall]) -> list[list[bytes]]:
+    def units(self, text: str, tool_calls: Sequence[ToolCall], thinking: str = "") -> list[list[bytes]]:
         """Each unit with the block events it needs: units are sent in order, so the first
-        text piece opens block 0 and each tool call's start closes the block before."""
+        piece of a block opens it (closing the one before), and thinking ends with its
+        signature."""
         self._tool_calls = tool_calls
+        self._thinking = thinking
         units = []
+        for n, piece in enumerate(split_words(thinking)):
+            opening = self._start({"type": "thinking", "thinking": ""}) if n == 0 else []
+            units.append(opening + [self._delta({"type": "thinking_delta", "thinking": piece})])
+        if units:
+            units[-1].append(self._delta({"type": "signature_delta", "signature": SIGNATURE}))
         for n, piece in enumerate(split_words(text)):
             opening = self._start({"type": "text", "text": ""}) if n == 0 else []
             units.append(opening + [self._delta({"type": "text_delta", "text": piece})])
@@ -192,7 +203,7 @@ class AnthropicStream:
         events.append(_event("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": _STOP_REASONS.get(finish, finish), "stop_sequence": None},
-            "usage": {"output_tokens": usage(self._body, text, self._tool_calls)["output_tokens"]}}))
+            "usage": {"output_tokens": usage(self._body, f"{self._thinking} {text}", self._tool_calls)["output_tokens"]}}))
         if done:
             events.append(_event("message_stop", {"type": "message_stop"}))
         return events

@@ -99,9 +99,10 @@ class _FaultHandler(BaseHTTPRequestHandler):
     def _play_ok(self, fault: faults.Ok, body: dict) -> None:
         self._sleep(fault.delay)
         if body.get("stream"):
-            return self._play_stream(faults.stream(fault.text, tool_calls=fault.tool_calls,
+            return self._play_stream(faults.stream(fault.text, tool_calls=fault.tool_calls, thinking=fault.thinking,
                                                    finish_reason=fault.finish_reason), body)
-        answer = self.wire.completion(body, continuation(body, fault.text), fault.tool_calls, fault.finish_reason)
+        answer = self.wire.completion(body, continuation(body, fault.text), fault.tool_calls, fault.finish_reason,
+                                      fault.thinking)
         self._send_json(200, answer, self.wire.headers(fault.headers or {}))
 
     def _play_status(self, fault: faults.Status, body: dict) -> None:
@@ -125,7 +126,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
     def _play_stream(self, fault: faults.Stream, body: dict) -> None:
         text = continuation(body, fault.text)
         events = self.wire.stream(body)
-        units = events.units(text, fault.tool_calls)
+        units = events.units(text, fault.tool_calls, fault.thinking)
         self.wfile.write(self._head(200, "text/event-stream", [
             ("Transfer-Encoding", "chunked"), ("Cache-Control", "no-cache")]))
         self._sleep(fault.first_token_delay)

@@ -9,7 +9,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from .faults import AUTHORIZATION, Status, ToolCall
+from .error_words import AUTHORIZATION
+from .faults import Status, ToolCall
 from .wire import answer_finish, argument_pieces, prompt_words, split_words, status_headers, to_json
 
 _ids = itertools.count(1)
@@ -36,8 +37,10 @@ class OpenAIWire:
     """The request handler's view of OpenAI's shape (see wire.Wire)."""
 
     def completion(self, body: dict, text: str, tool_calls: Sequence[ToolCall] = (),
-                   finish_reason: str = "stop") -> dict:
+                   finish_reason: str = "stop", thinking: str = "") -> dict:
         message: dict[str, Any] = {"role": "assistant", "content": text if text or not tool_calls else None}
+        if thinking:
+            message["reasoning_content"] = thinking
         if tool_calls:
             message["tool_calls"] = [_tool_call(call) for call in tool_calls]
         choice = {"index": 0, "message": message, "finish_reason": answer_finish(finish_reason, tool_calls)}
@@ -76,9 +79,10 @@ class OpenAIStream:
     def opening(self) -> list[bytes]:
         return [self._event({"role": "assistant"})]
 
-    def units(self, text: str, tool_calls: Sequence[ToolCall]) -> list[list[bytes]]:
+    def units(self, text: str, tool_calls: Sequence[ToolCall], thinking: str = "") -> list[list[bytes]]:
         self._tool_calls = tool_calls
-        units = [[self._event({"content": piece})] for piece in split_words(text)]
+        units = [[self._event({"reasoning_content": piece})] for piece in split_words(thinking)]
+        units += [[self._event({"content": piece})] for piece in split_words(text)]
         for index, call in enumerate(tool_calls):
             start = {"index": index, "id": call.id, "type": "function",
                      "function": {"name": call.name, "arguments": ""}}

@@ -23,7 +23,8 @@ INVALID_EVENT = b"data: {not json\n\n"
 class Wire(Protocol):
     """One API shape: the bodies of answers and errors, and a stream's events."""
 
-    def completion(self, body: dict, text: str, tool_calls: Sequence[ToolCall], finish_reason: str) -> dict: ...
+    def completion(self, body: dict, text: str, tool_calls: Sequence[ToolCall], finish_reason: str,
+                   thinking: str) -> dict: ...
 
     def error(self, fault: Status, credential: str) -> tuple[int, dict, list]: ...
 
@@ -38,12 +39,13 @@ class StreamEvents(Protocol):
     """The SSE events of one streamed answer, each already framed (``data: ...\\n\\n``).
 
     ``units`` are what fault positions count (``cut_after=N``: after N units): a text
-    piece, a tool call's start, a piece of its arguments; each unit is a list of events.
+    piece, a tool call's start, a piece of its arguments, a piece of thinking; each unit
+    is a list of events.
     """
 
     def opening(self) -> list[bytes]: ...
 
-    def units(self, text: str, tool_calls: Sequence[ToolCall]) -> list[list[bytes]]: ...
+    def units(self, text: str, tool_calls: Sequence[ToolCall], thinking: str) -> list[list[bytes]]: ...
 
     def closing(self, text: str, finish_reason: str, done: bool) -> list[bytes]: ...
 

@@ -179,3 +179,32 @@ def test_tool_calls_survive_the_dict_round_trip(server):
 def test_litellms_url_for_an_openai_base_is_a_404(server):
     status, _, _ = post(server, path="/v1/v1/messages")
     assert status == 404 and server.count() == 0
+
+
+def test_thinking_is_a_signed_block_on_anthropic_and_reasoning_content_on_openai(server):
+    server.script("m1", faults.stream("Paris.", thinking="France's capital."))
+    _, _, body = post(server, stream=True)
+    data = [d for _, d in events(body)]
+    assert data[2]["content_block"] == {"type": "thinking", "thinking": ""}
+    assert [d["delta"]["type"] for d in data if d["type"] == "content_block_delta"] == [
+        "thinking_delta", "thinking_delta", "signature_delta", "text_delta"]
+    assert [d["index"] for d in data if d["type"] == "content_block_stop"] == [0, 1]
+    server.script("m1", faults.ok("Paris.", thinking="France's capital."))
+    assert json.loads(post(server)[2])["content"][0] == {
+        "type": "thinking", "thinking": "France's capital.", "signature": "c2lnbmVkIGJ5IHRoZSBmYXVsdCBzZXJ2ZXI="}
+    message = json.loads(post(server, path="/v1/chat/completions")[2])["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": "Paris.", "reasoning_content": "France's capital."}
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+def test_litellm_reads_thinking_as_reasoning_content_on_both_shapes(server, shape):
+    from router.targets.remote import litellm_module
+
+    server.script("m1", faults.ok("Paris.", thinking="France's capital."))
+    base = server.url if shape == "openai" else server.anthropic_url
+    args = {"model": f"{shape}/m1", "api_base": base, "api_key": "k", "max_retries": 0,
+            "messages": MESSAGES, "max_tokens": 9}
+    message = litellm_module().completion(**args).choices[0].message
+    assert (message.content, message.reasoning_content) == ("Paris.", "France's capital.")
+    chunks = list(litellm_module().completion(stream=True, **args))
+    assert "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks) == "France's capital."
