@@ -1,7 +1,8 @@
 """Fault descriptions for :class:`router.testing.FaultServer`.
 
 Each constructor returns a small frozen dataclass that only *describes* a behaviour;
-the server interprets it (which fault a composite answers with: resolve.py).  Faults
+the server interprets it (which fault a composite answers with: resolve.py), in the
+shape of the API the request was sent to (openai_wire.py, anthropic_wire.py).  Faults
 are plain data: ``dataclasses.asdict(fault)`` is JSON-serialisable and :func:`from_dict`
 rebuilds it, so a script can be handed to a server running in another process (see
 ``python -m router.testing --default``).
