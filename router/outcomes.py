@@ -15,6 +15,7 @@ them (importing litellm costs seconds; `import router` must stay fast).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import re
@@ -149,7 +150,8 @@ _RESET_NAMES = {"ConnectionResetError", "RemoteProtocolError", "ReadError", "Wri
                 "BrokenPipeError", "ConnectionAbortedError", "IncompleteRead"}
 _CONNECTION_WRAPPERS = {"APIConnectionError", "APITimeoutError", "Timeout"}
 _HTTP_STATUS_NAMES = {"HTTPStatusError", "APIStatusError"}
-_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+Exception - )?")
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+(?:Exception|Error) - )?")
+_BYTES_LITERAL = re.compile(r"""^b(['"]).*\1$""", re.S)
 _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
                     "too many tokens", "prompt is too long")
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
@@ -304,10 +306,31 @@ def _provider_message(chain: list[BaseException]) -> str:
             if isinstance(message, str) and message:
                 return message.strip()
     message = _LITELLM_PREFIX.sub("", _plain_message(chain[0]))
+    message = _message_of_body(message) or message
     root = chain[-1]
     if isinstance(root, OSError) and root is not chain[0]:
         message += f" ({type(root).__name__}: {root})"  # "Connection error." alone says too little
     return message
+
+
+def _message_of_body(text: str) -> str | None:
+    """`error.message` of an error body quoted whole in an exception's text, as litellm
+    quotes Anthropic's (`{"type": "error", "error": {"type": ..., "message": ...}}`; from a
+    stream, as the repr of the bytes: `b'{...}'`), else None."""
+    if _BYTES_LITERAL.match(text):
+        try:
+            text = ast.literal_eval(text).decode("utf-8", "replace")
+        except (ValueError, SyntaxError, AttributeError):
+            return None
+    if not text.startswith("{"):
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    inner = body.get("error", body) if isinstance(body, Mapping) else None
+    message = inner.get("message") if isinstance(inner, Mapping) else None
+    return message.strip() if isinstance(message, str) and message.strip() else None
 
 
 def _plain_message(exc: BaseException) -> str:

@@ -114,8 +114,10 @@ def provider_limits(headers: Mapping[str, Any] | None, now: float | None = None)
 def _allowance(lower: Mapping[str, str], kind: str, now: float | None) -> Allowance | None:
     remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}", ""))
     if remaining is not None:
-        return Allowance(max(0.0, remaining), _duration(lower.get(f"x-ratelimit-reset-{kind}", "")),
-                         _number(lower.get(f"x-ratelimit-limit-{kind}", "")))
+        reset = _duration(lower.get(f"x-ratelimit-reset-{kind}", ""))
+        if reset is None:  # litellm copies Anthropic's limit and remaining into x-ratelimit-*, not its reset
+            reset = _moment(lower.get(f"anthropic-ratelimit-{kind}-reset", ""), now)
+        return Allowance(max(0.0, remaining), reset, _number(lower.get(f"x-ratelimit-limit-{kind}", "")))
     remaining = _number(lower.get(f"anthropic-ratelimit-{kind}-remaining", ""))
     if remaining is not None:
         return Allowance(max(0.0, remaining), _moment(lower.get(f"anthropic-ratelimit-{kind}-reset", ""), now),
