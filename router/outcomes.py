@@ -154,9 +154,6 @@ _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "contex
                     "too many tokens", "prompt is too long")
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
 _SDK_PATH = re.compile(r"[/\\](?:litellm|openai)[/\\]")
-# A provider's Retry-After is believed up to an hour: 1e12 s would overflow the clocks and
-# waits it feeds, and a circuit kept open for an hour re-checks the provider soon enough.
-MAX_RETRY_AFTER_S = 3600.0
 
 
 def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
@@ -195,9 +192,8 @@ def _classify(exc: BaseException) -> Failure:
     status = _status_of(chain)
     if status is None:
         return Failure(Outcome.TRANSIENT, exc, message=message)
+    # believed up to MAX_PROVIDER_WAIT_S (an hour: limits/provider_headers.py)
     retry_after = retry_after_seconds(_headers_of(chain)) if status == 429 else None
-    if retry_after is not None:
-        retry_after = min(retry_after, MAX_RETRY_AFTER_S)
     return Failure(_outcome_of_status(status, names, message), exc, status=status, retry_after=retry_after,
                    message=message, code=_provider_code(chain))
 

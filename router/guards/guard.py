@@ -141,5 +141,8 @@ class Guard:
         self.circuit.force_open()
 
     def force_close(self) -> None:
+        """Back into rotation now: the circuit closed, the flags and what the provider said
+        of its limits (learned limits, a pause after a 429) forgotten."""
         self.circuit.force_close()
+        self.limiter.forget()
         self.misconfigured = None

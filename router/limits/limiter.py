@@ -129,6 +129,7 @@ class RateLimiter:
         self._seq = 0
         self._learned_seq = 0
         self._sent = [0.0, 0.0]  # requests, tokens granted by this process
+        self._in_flight = [0.0, 0.0]  # requests, tokens granted and not yet settled
 
     # -- taking room ------------------------------------------------------------------
 
@@ -212,6 +213,8 @@ class RateLimiter:
         self._seq += 1
         self._sent[0] += cost.requests
         self._sent[1] += cost.tokens
+        self._in_flight[0] += cost.requests
+        self._in_flight[1] += cost.tokens
         self.learned.take(cost, now)
         return Permit(cost, self._seq, (self._sent[0], self._sent[1]), waited)
 
@@ -251,9 +254,8 @@ class RateLimiter:
 
     def answered(self, permit: Permit, tokens_used: int | None, headers: Mapping[str, Any] | None) -> None:
         """The attempt got an answer: correct the token estimate, learn the provider's limits."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         if tokens_used is not None and permit.cost.tokens != tokens_used:
             self.buckets.adjust_tokens(tokens_used - permit.cost.tokens)
         self.learn(permit, headers)
@@ -262,9 +264,8 @@ class RateLimiter:
                headers: Mapping[str, Any] | None = None) -> None:
         """The attempt failed after its request went out: the request counts, its token
         estimate does not (no answer, no tokens); a 429 pauses the target."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         if permit.cost.tokens:
             self.buckets.adjust_tokens(-permit.cost.tokens)
         self.learn(permit, headers)
@@ -276,9 +277,8 @@ class RateLimiter:
 
     def cancel(self, permit: Permit) -> None:
         """The attempt never went out: give back everything the permit took."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         self.buckets.give_back(permit.cost)
         with self._lock:
             self._sent[0] -= permit.cost.requests
@@ -289,8 +289,21 @@ class RateLimiter:
                     limit.level += amount
             self._wake_head()
 
+    def _settle(self, permit: Permit) -> bool:
+        """Mark `permit` settled (no longer in flight); False if it already was."""
+        with self._lock:
+            if permit.settled:
+                return False
+            permit.settled = True
+            self._in_flight[0] -= permit.cost.requests
+            self._in_flight[1] -= permit.cost.tokens
+            return True
+
     def learn(self, permit: Permit, headers: Mapping[str, Any] | None) -> None:
-        """Take in the rate-limit headers of the answer to `permit`, unless newer ones came first."""
+        """Take in the rate-limit headers of the answer to `permit` (settled), unless newer
+        ones came first. What the provider may not have counted yet comes off what it says
+        remains: the other requests in flight (sent before this one, they may still be on
+        their way) or those sent after it, whichever is more."""
         limits = provider_limits(headers)
         if not limits:
             return
@@ -298,8 +311,16 @@ class RateLimiter:
             if permit.seq <= self._learned_seq:
                 return  # an older answer arriving late says less than the one already read
             self._learned_seq = permit.seq
-            since = Cost(self._sent[0] - permit.sent[0], self._sent[1] - permit.sent[1])
-            self.learned.learn(limits, since, self._clock())
+            uncounted = Cost(max(self._in_flight[0], self._sent[0] - permit.sent[0]),
+                             max(self._in_flight[1], self._sent[1] - permit.sent[1]))
+            self.learned.learn(limits, uncounted, self._clock())
+            self._wake_head()
+
+    def forget(self) -> None:
+        """Drop what the provider said (limits, a pause): the operator's `force_close`."""
+        with self._lock:
+            self.learned = LearnedLimits()
+            self._head_ready = 0.0
             self._wake_head()
 
     # -- reporting ---------------------------------------------------------------------
