@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import clock
 from ..config.schema import TargetConfig
 from ..limits.buckets import Buckets, Cost
 from ..limits.limiter import Permit, RateLimiter, Refusal
@@ -41,7 +42,8 @@ class Guard:
         self.budget = budget
         self.bulkhead = bulkhead
         self.limiter = limiter if limiter is not None else RateLimiter(config.name, config.rate_limit, Buckets())
-        self.misconfigured: str | None = None  # why the target looks misconfigured (401/403/404)
+        self.misconfigured: str | None = None  # why the target looks misconfigured (401/403/404, quota)
+        self.held_until: float | None = None  # skipped without requests until then (an unpaid account)
 
     # -- the attempt protocol --------------------------------------------------------------
 
@@ -103,6 +105,15 @@ class Guard:
             self.circuit.released(ticket)
         if handling.open_for is not None:
             self.circuit.open_for(handling.open_for)  # out of rotation, for every caller, until then
+        if handling.hold_for is not None:
+            self.held_until = clock.monotonic() + handling.hold_for
+
+    def held(self) -> str | None:
+        """Why the target is skipped without a request (an account that cannot pay), or None."""
+        if self.held_until is None or clock.monotonic() >= self.held_until:
+            return None
+        return (f"{self.misconfigured}; skipped until force_close or a recheck in "
+                f"{self.held_until - clock.monotonic():.0f} s")
 
     def released(self, ticket: Ticket, permit: Permit | None) -> None:
         """Neither success nor failure (the request went out: its permit stays taken)."""
@@ -121,10 +132,17 @@ class Guard:
     # -- flags, status, controls -----------------------------------------------------------
 
     def flag_misconfigured(self, failure: Failure, detail: str) -> None:
-        """Loudly, once per distinct detail: a wrong key, model or URL is an operator's job."""
+        """Loudly, once per distinct detail: a wrong key, model or URL, an account that
+        cannot pay, is an operator's job."""
+        if failure.reason:
+            detail = f"{failure.reason}: {detail}"
         if self.misconfigured != detail:
-            advice = ("check its api_key, model and api_base" if self.config.is_remote else
-                      "check its model_path (`router models pull` fetches the default model)")
+            if failure.reason:
+                advice = "the account needs a person; no requests go to it until force_close or the recheck"
+            elif self.config.is_remote:
+                advice = "check its api_key, model and api_base"
+            else:
+                advice = "check its model_path (`router models pull` fetches the default model)"
             log.error("router: target %r looks misconfigured (%s%s): %s; %s", self.name,
                       type(failure.error).__name__, f" {failure.status}" if failure.status else "", detail, advice)
         self.misconfigured = detail
@@ -132,6 +150,8 @@ class Guard:
     def status(self) -> dict[str, Any]:
         info = self.circuit.status()
         info["retry_budget"] = round(self.budget.tokens, 2)
+        if self.held() is not None:
+            info["recheck_in_s"] = round(self.held_until - clock.monotonic(), 1)  # type: ignore[operator]
         limiter = self.limiter.status()
         if self.config.rate_limit.configured or len(limiter) > 1:  # configured, or it has learned something
             info["rate_limit"] = limiter
@@ -146,3 +166,4 @@ class Guard:
         self.circuit.force_close()
         self.limiter.forget()
         self.misconfigured = None
+        self.held_until = None

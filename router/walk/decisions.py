@@ -62,6 +62,9 @@ class Walk:
             target = targets.get(name)
             guard = guards[name]
             skip = self.skip(guard.config)
+            held = guard.held() if skip is None else None
+            if held is not None:
+                skip = Outcome.MISCONFIGURED, held
             if skip is None:
                 yield Member(guard.config, target, guard)  # type: ignore[arg-type]  # not disabled
             else:
