@@ -82,13 +82,17 @@ class Guard:
         if permit is not None:
             self.limiter.cancel(permit)
 
-    def succeeded(self, ticket: Ticket, permit: Permit | None, response: Response | None) -> None:
+    def succeeded(self, ticket: Ticket, permit: Permit | None, response: Response | None,
+                  tokens: int | None = None) -> None:
+        """`tokens`: what a stream used (its usage, or estimated from its text); a plain
+        answer's come from its `usage`."""
         self.bulkhead.release()
         self.circuit.succeeded(ticket)
         self.budget.succeeded()
         if permit is not None:
             used = response.usage.total_tokens if response is not None else 0
-            self.limiter.answered(permit, used or None, response.headers if response is not None else None)
+            self.limiter.answered(permit, tokens if tokens is not None else used or None,
+                                  response.headers if response is not None else None)
 
     def failed(self, ticket: Ticket, handling: Handling, failure: Failure, permit: Permit | None) -> None:
         """Act on the table's verdict: count it (circuit and budget) or not; keep the
@@ -115,12 +119,13 @@ class Guard:
         return (f"{self.misconfigured}; skipped until force_close or a recheck in "
                 f"{self.held_until - clock.monotonic():.0f} s")
 
-    def released(self, ticket: Ticket, permit: Permit | None) -> None:
-        """Neither success nor failure (the request went out: its permit stays taken)."""
+    def released(self, ticket: Ticket, permit: Permit | None, tokens: int | None = None) -> None:
+        """Neither success nor failure (the request went out: its permit stays taken, its
+        token estimate corrected to `tokens` when known)."""
         self.bulkhead.release()
         self.circuit.released(ticket)
         if permit is not None:
-            self.limiter.answered(permit, None, None)
+            self.limiter.answered(permit, tokens, None)
 
     def retry_refusal(self) -> str | None:
         """Why no retry should go now ("circuit_open", "budget_exhausted"), or None.

@@ -349,8 +349,10 @@ class RateLimiter:
         return info
 
 
-def estimate_cost(request: Request) -> Cost:
-    """One request, and its tokens: the prompt's characters / 4, plus max_tokens."""
+def estimate_cost(request: Request, completion_chars: int | None = None) -> Cost:
+    """One request, and its tokens: the prompt's characters / 4, plus max_tokens (before
+    the answer), or plus the answer's characters / 4 (`completion_chars`: a stream that
+    reported no usage)."""
     chars = 0
     for message in request.messages:
         content = message.get("content") if isinstance(message, Mapping) else None
@@ -358,6 +360,8 @@ def estimate_cost(request: Request) -> Cost:
             chars += len(content)
         elif isinstance(content, list):
             chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, Mapping))
+    if completion_chars is not None:
+        return Cost(1.0, float(estimated_tokens(chars) + estimated_tokens(completion_chars)))
     completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or 0
     if not isinstance(completion, (int, float)) or isinstance(completion, bool):
         completion = 0

@@ -295,6 +295,37 @@ def test_the_token_estimate_is_corrected_from_usage(server, make_router):
     assert room > 50  # the estimate was given back down to what was used
 
 
+@pytest.mark.parametrize("options", [{}, {"stream_options": {"include_usage": False}}],
+                         ids=["usage-asked-for-by-the-router", "no-usage-estimated-from-the-text"])
+def test_a_streamed_answer_settles_its_token_estimate_and_leaves_no_debt(server, make_router, options):
+    """max_tokens=50000 against tpm 6000 (100 tokens/s): left at the estimate, the bucket
+    was ~500 s in debt after one streamed call (~3000 s at a real provider's tpm)."""
+    server.script("p", faults.stream(text="a short streamed answer"), faults.ok())
+    router = make_router({"primary": "p", "secondary": "s"}, defaults={"rate_limit": {"tpm": 6000, "max_wait": 0}})
+    stream = router.complete(HI, stream=True, max_tokens=50000, **options)
+    chunks = list(stream)
+    assert stream.text == "a short streamed answer" and all(chunk.choices for chunk in chunks)  # no usage chunk
+    sent = server.requests("p")[0].body.get("stream_options")
+    assert sent == (options.get("stream_options") or {"include_usage": True})
+    assert router.status()["primary"]["rate_limit"]["room"]["tokens"] > 50
+    assert router.complete(HI, max_tokens=20).route.served_by == "primary"  # not throttled
+
+
+def test_a_caller_who_asks_for_the_streams_usage_still_gets_its_chunk(server, make_router):
+    router = make_router({"primary": "p"})
+    chunks = list(router.complete(HI, stream=True, stream_options={"include_usage": True}))
+    assert not chunks[-1].choices and chunks[-1].usage.total_tokens > 0
+
+
+def test_a_stream_closed_early_settles_its_estimate_from_the_text_sent(server, make_router):
+    server.script("p", faults.stream(text="one two three four five six", token_delay=0.05))
+    router = make_router({"primary": "p", "secondary": "s"}, defaults={"rate_limit": {"tpm": 6000, "max_wait": 0}})
+    stream = router.complete(HI, stream=True, max_tokens=50000)
+    next(iter(stream))
+    stream.close()
+    assert router.status()["primary"]["rate_limit"]["room"]["tokens"] > 50
+
+
 def test_status_and_events_show_the_limiter(server, make_router):
     events = []
     router = make_router({"primary": "p", "secondary": "s"},
