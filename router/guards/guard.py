@@ -155,10 +155,12 @@ class Guard:
     def status(self) -> dict[str, Any]:
         info = self.circuit.status()
         info["retry_budget"] = round(self.budget.tokens, 2)
+        info["in_flight"] = self.bulkhead.in_flight  # calls to it now, in this process
+        info["queued"] = self.bulkhead.queued  # waiting for a bulkhead slot (max_concurrency)
         if self.held() is not None:
             info["recheck_in_s"] = round(self.held_until - clock.monotonic(), 1)  # type: ignore[operator]
         limiter = self.limiter.status()
-        if self.config.rate_limit.configured or len(limiter) > 1:  # configured, or it has learned something
+        if self.config.rate_limit.configured or limiter["waiters"] or len(limiter) > 2:  # configured, or learned
             info["rate_limit"] = limiter
         return info
 

@@ -326,7 +326,8 @@ class RateLimiter:
     # -- reporting ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Room now, callers queued, the configured and learned limits."""
+        """Room now, callers queued, how long until the next request fits (`wait_s`), the
+        configured and learned limits, a pause."""
         now = self._clock()
         info: dict[str, Any] = {"waiters": len(self._queue)}
         if self.policy.rpm is not None:
@@ -336,6 +337,11 @@ class RateLimiter:
         room = self.buckets.room()
         if room:
             info["room"] = room
+        wait = max(self.learned.wait(Cost(1.0, 0.0), now), self._head_ready - now if self._queue else 0.0)
+        rates = self.buckets.rates.requests
+        if rates is not None and room.get("requests", 1.0) < 1.0:
+            wait = max(wait, (1.0 - room["requests"]) / rates[0])
+        info["wait_s"] = round(wait, 3)
         learned = {name: d for name, d in (("requests", self.learned.requests.describe(now)),
                                            ("tokens", self.learned.tokens.describe(now))) if d}
         if learned:
