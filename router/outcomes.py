@@ -209,7 +209,7 @@ def _classify(exc: BaseException) -> Failure:
     # believed up to MAX_PROVIDER_WAIT_S (an hour: limits/provider_headers.py)
     retry_after = retry_after_seconds(_headers_of(chain)) if status == 429 else None
     code = _provider_code(chain)
-    if status == 402 or _QUOTA_CODES & _error_words(chain):
+    if status == 402 or (400 <= status < 500 and _QUOTA_CODES & _error_words(chain)):
         return Failure(Outcome.MISCONFIGURED, exc, status=status, message=message, code=code, reason=QUOTA)
     return Failure(_outcome_of_status(status, names, message), exc, status=status, retry_after=retry_after,
                    message=message, code=code)

@@ -22,7 +22,7 @@ from .. import clock
 from ..config.schema import TargetConfig
 from ..limits.buckets import Buckets, Cost
 from ..limits.limiter import Permit, RateLimiter, Refusal
-from ..outcomes import Failure, Handling, Outcome
+from ..outcomes import QUOTA, Failure, Handling, Outcome
 from ..response import Response
 from .bulkhead import Bulkhead
 from .circuit import Circuit, CircuitOpen, Ticket
@@ -116,7 +116,7 @@ class Guard:
         """Why the target is skipped without a request (an account that cannot pay), or None."""
         if self.held_until is None or clock.monotonic() >= self.held_until:
             return None
-        return (f"{self.misconfigured}; skipped until force_close or a recheck in "
+        return (f"{self.misconfigured or QUOTA}; skipped until force_close or a recheck in "
                 f"{self.held_until - clock.monotonic():.0f} s")
 
     def released(self, ticket: Ticket, permit: Permit | None, tokens: int | None = None) -> None:
