@@ -115,6 +115,7 @@ class Failure:
 QUOTA = "quota or billing"
 QUOTA_RECHECK_S = 3600.0
 _QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"}
+_QUOTA_MARKERS = ("exceeded your current quota", "credit balance is too low")  # OpenAI's, Anthropic's (a 400)
 
 
 def handle(failure: Failure, retry: RetryPolicy, chain: ChainConfig | None = None) -> Handling:
@@ -209,7 +210,8 @@ def _classify(exc: BaseException) -> Failure:
     # believed up to MAX_PROVIDER_WAIT_S (an hour: limits/provider_headers.py)
     retry_after = retry_after_seconds(_headers_of(chain)) if status == 429 else None
     code = _provider_code(chain)
-    if status == 402 or (400 <= status < 500 and _QUOTA_CODES & _error_words(chain)):
+    if status == 402 or (400 <= status < 500 and (_QUOTA_CODES & _error_words(chain)
+                                                  or any(m in message.lower() for m in _QUOTA_MARKERS))):
         return Failure(Outcome.MISCONFIGURED, exc, status=status, message=message, code=code, reason=QUOTA)
     return Failure(_outcome_of_status(status, names, message), exc, status=status, retry_after=retry_after,
                    message=message, code=code)

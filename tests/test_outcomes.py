@@ -151,7 +151,8 @@ QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and bil
 @pytest.mark.parametrize("fault", [
     faults.status(402, message=QUOTA_MESSAGE),
     faults.status(429, message=QUOTA_MESSAGE, error_type="insufficient_quota", error_code="insufficient_quota"),
-], ids=["402", "429-insufficient_quota"])
+    faults.status(400, message=f"{QUOTA_MESSAGE} Your credit balance is too low to access the API."),
+], ids=["402", "429-insufficient_quota", "400-credit-balance-too-low"])
 def test_an_account_that_cannot_pay_is_misconfigured_and_skipped_without_requests(server, make_router, caplog, fault):
     server.script("p", fault)
     router = make_router({"primary": "p", "secondary": "s"}, defaults={"retry": {"attempts": 3}})
@@ -162,7 +163,7 @@ def test_an_account_that_cannot_pay_is_misconfigured_and_skipped_without_request
     assert QUOTA_MESSAGE in first.route.attempts[0].detail  # the provider's own words
     assert "quota or billing" in caplog.text and "'primary'" in caplog.text
     status = router.status()["primary"]
-    assert status["misconfigured"] == f"quota or billing: {QUOTA_MESSAGE}"
+    assert status["misconfigured"] == f"quota or billing: {fault.message}"
     assert status["state"] == "closed" and status["failures"] == 0 and 3500 < status["recheck_in_s"] <= 3600
     for _ in range(3):
         route = router.complete(HI).route
