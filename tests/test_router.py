@@ -257,4 +257,5 @@ def test_keyboard_interrupt_propagates_and_counts_against_nothing(server, make_r
     assert server.count("s") == 0  # not failed over: the caller is gone
     router._targets["primary"] = real
     assert router.complete(HI).route.served_by == "primary"  # its bulkhead slot came back
-    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10}
+    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10, "in_flight": 0,
+                                          "queued": 0}

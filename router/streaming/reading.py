@@ -17,7 +17,7 @@ from . import recovery
 from ..errors import StreamInterrupted
 from ..outcomes import Failure
 from .recovery import Recovery
-from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
+from ..response import Chunk, ChunkChoice, Delta, Route, Usage, answer_of
 from ..config.schema import TargetConfig
 from .sources import END, Stalled
 from ..walk import Walk
@@ -40,6 +40,9 @@ class _StreamCore:
         self.restarts = 0
         self.broken_at = 0  # index in route.attempts of the last break
         self.break_failure: Failure | None = None  # the last break, as recorded against its target
+        self.usage: Usage | None = None  # the attempt's usage, when the stream reported it
+        self.sent_chars = 0  # characters the attempt streamed: its tokens when it reports no usage
+        self.shows_usage = _asks_usage(walk)  # the caller asked for the usage chunk itself
         if opened is not None:
             self.switch(opened)
 
@@ -68,6 +71,7 @@ class _StreamCore:
                 model = opened.prelude[0].model if opened.prelude else ""
                 self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
+        self.usage, self.sent_chars = None, 0
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
         route.degraded = route.degraded or opened.config.degraded
@@ -88,6 +92,7 @@ class _StreamCore:
         if self.kept is not None:
             self.kept.append(chunk)
         self.parts.append(chunk.text)
+        self.sent_chars += len(chunk.text)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         return chunk
 
@@ -97,14 +102,26 @@ class _StreamCore:
         if raw is END:
             self.ended()
             return None
-        return self.deliver(Chunk.from_openai(raw))
+        chunk = Chunk.from_openai(raw)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            if not chunk.choices and not self.shows_usage:  # asked for by the router, not the caller
+                if self.kept is not None:
+                    self.kept.append(chunk)
+                return None
+        return self.deliver(chunk)
+
+    @property
+    def tokens(self) -> int:
+        """What the attempt being read used so far, for its rate limit."""
+        return self.walk.streamed_tokens(self.usage, self.sent_chars)
 
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
             raise recovery.truncated()
         assert self.opened is not None
-        self.walk.succeeded(self.opened.member, self.opened.admission)
+        self.walk.succeeded(self.opened.member, self.opened.admission, tokens=self.tokens)
         self.walk.finish("ok")
         if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
             self.walk.answered(self.opened.config, answer_of(self.kept))
@@ -151,8 +168,8 @@ class _StreamCore:
         self.closed = True
         self.prelude.clear()
         if self.opened is not None:
-            self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
-                                                                         f"{len(self.text)} characters")
+            self.walk.released(self.opened.member, self.opened.admission,
+                               f"closed by the caller after {len(self.text)} characters", self.tokens)
             self.opened = None
             self.walk.finish("cancelled")
 
@@ -284,6 +301,12 @@ def stream_sync(walk: Walk) -> Stream:
 async def stream_async(walk: Walk) -> AsyncStream:
     opened = await open_async(walk, walk.members())
     return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
+
+
+def _asks_usage(walk: Walk) -> bool:
+    """Whether the caller itself asked for the stream's usage chunk (`stream_options`)."""
+    options = walk.request.params.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def _static_core(walk: Walk) -> _StreamCore:

@@ -61,6 +61,11 @@ class Target(Protocol):
     async def aready(self) -> None:
         """`ready` for asyncio, without blocking the event loop."""
 
+    def load(self) -> dict[str, int] | None:
+        """Calls running and waiting in the target's own queue (the local tier's model pool:
+        `{"running", "waiting", "pool_size"}`), for `Router.status()`; None: it has none."""
+        return None
+
     def refused_prefill(self) -> None:
         """It answered a continuation's assistant prefill with a 400: stop offering to
         continue streams; by default nothing to forget."""

@@ -87,6 +87,18 @@ def warm_litellm_in_background() -> None:
         threading.Thread(target=warm_litellm, daemon=True, name="router-warm-litellm").start()
 
 
+def model_streams_usage(model: str) -> bool:
+    """Whether litellm passes `stream_options` on to `model`'s provider (OpenAI and the
+    OpenAI-compatible ones do; Anthropic, Gemini, Ollama are not asked)."""
+    litellm = litellm_module()
+    try:
+        name, provider, _, _ = litellm.get_llm_provider(model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # unknown model or provider: do not ask for what may be refused
+        return False
+    return bool(supported) and "stream_options" in supported
+
+
 def model_supports_prefill(model: str) -> bool:
     """Whether `model` takes an assistant prefill, when its target does not say (`prefill:`).
 
@@ -138,6 +150,7 @@ class RemoteTarget(Target):
             fixed["api_key"] = config.api_key.reveal()
         self._fixed = fixed
         self._clients = SdkClients(config)  # exact timeouts without a client per timeout
+        self._streams_usage: bool | None = None
 
     @property
     def continues_streams(self) -> bool:
@@ -150,6 +163,11 @@ class RemoteTarget(Target):
     def refused_prefill(self) -> None:
         """It answered a prefill with a 400: do not ask it to continue a stream again."""
         self._prefill = False
+
+    def _asks_usage(self) -> bool:
+        if self._streams_usage is None:
+            self._streams_usage = model_streams_usage(self.config.model or "")
+        return self._streams_usage
 
     def ready(self) -> None:
         """Block until litellm is imported and warm: call before an attempt's clock starts."""
@@ -218,6 +236,10 @@ class RemoteTarget(Target):
         params = {**self.config.params, **request.params}
         if not any(key in params for key in ("max_tokens", "max_completion_tokens")) and self._unknown_anthropic():
             params["max_tokens"] = UNKNOWN_ANTHROPIC_MAX_TOKENS
+        if request.stream and "stream_options" not in params and self._asks_usage():
+            # the stream's final usage settles its rate limit's token estimate (streaming/reading.py
+            # keeps that chunk from a caller who did not ask for it)
+            params["stream_options"] = {"include_usage": True}
         messages = request.messages
         if partial:
             messages = prefill_messages(messages, partial)

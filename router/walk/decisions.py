@@ -62,6 +62,9 @@ class Walk:
             target = targets.get(name)
             guard = guards[name]
             skip = self.skip(guard.config)
+            held = guard.held() if skip is None else None
+            if held is not None:
+                skip = Outcome.MISCONFIGURED, held
             if skip is None:
                 yield Member(guard.config, target, guard)  # type: ignore[arg-type]  # not disabled
             else:
@@ -139,8 +142,9 @@ class Walk:
 
         return add
 
-    def succeeded(self, member: Member, admission: Admission, response: Response | None = None) -> None:
-        member.guard.succeeded(admission.ticket, admission.permit, response)
+    def succeeded(self, member: Member, admission: Admission, response: Response | None = None,
+                  tokens: int | None = None) -> None:
+        member.guard.succeeded(admission.ticket, admission.permit, response, tokens)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
@@ -167,12 +171,21 @@ class Walk:
                             waited_s=self._take_wait()))
         return NoCapacity(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
 
-    def released(self, member: Member, admission: Admission, detail: str) -> None:
+    def released(self, member: Member, admission: Admission, detail: str, tokens: int | None = None) -> None:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
-        member.guard.released(admission.ticket, admission.permit)
+        member.guard.released(admission.ticket, admission.permit, tokens)
         self.record(Attempt(member.config.name, Outcome.CANCELLED.value,
                             latency_s=time.perf_counter() - admission.started, detail=detail),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
+
+    def streamed_tokens(self, usage: Usage | None, chars: int) -> int:
+        """The tokens a stream's attempt used, for its rate limit: the stream's own usage
+        when it reported one, else estimated from the `chars` it sent (never from
+        max_tokens: a stream with max_tokens=50000 and no usage left a `tpm` bucket ~3000 s
+        in debt)."""
+        if usage is not None and usage.total_tokens:
+            return int(usage.total_tokens)
+        return int(estimate_cost(self.request, chars).tokens)
 
     def first_token(self, admission: Admission) -> None:
         """A stream's first content arrived: its delay goes on the attempt's event."""
