@@ -11,6 +11,7 @@ guards/retry.py) or give up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,8 @@ from ..response import Attempt, Choice, Message, Response, Route, Usage
 from ..guards.retry import MIN_ATTEMPT_S, Retries
 from ..config.schema import ChainConfig, TargetConfig
 from ..targets import Note
-from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
+from .facts import answer_facts, asked_of, max_tokens
+from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Verdict, Won
 
 _DETAIL_LIMIT = 500
 
@@ -51,6 +53,12 @@ class Walk:
         self._cost: Cost | None = None
         self._first_token_s: float | None = None  # of the stream being opened
         self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
+        self.finished = False
+        if self.call_id is not None and self._events.wants("start"):
+            params = request.params
+            self._events.emit("start", chain=chain.name, call_id=self.call_id, max_tokens=max_tokens(params),
+                              temperature=params.get("temperature"),
+                              content=request.messages if self._events.wants("content") else None)
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -139,11 +147,25 @@ class Walk:
 
         return add
 
-    def succeeded(self, member: Member, admission: Admission, response: Response | None = None) -> None:
+    def succeeded(self, member: Member, admission: Admission, response: Response | None = None,
+                  ended: StreamEnd | None = None) -> None:
+        """An attempt answered: `response` for a plain call, `ended` for a stream."""
         member.guard.succeeded(admission.ticket, admission.permit, response)
+        if self.call_id is not None and self._events.wants("answer"):
+            self._tell_answer(member.config.name, response, ended)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
+
+    def _tell_answer(self, name: str, response: Response | None, ended: StreamEnd | None) -> None:
+        """The `answer` event: the GenAI conventions' facts of a successful attempt."""
+        self._events.emit("answer", target=name, chain=self.chain.name, call_id=self.call_id,
+                          **answer_facts(response, ended, content=self._events.wants("content")))
+
+    def stream_event(self, name: str, target: str, offset: int, mode: str, outcome: str | None = None) -> None:
+        """`stream_break` or `stream_resume`: where (`offset` characters in) and how (`mode`)."""
+        self._events.emit(name, target=target, chain=self.chain.name, offset=offset, detail=mode, outcome=outcome,
+                          call_id=self.call_id)
 
     def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
         """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
@@ -210,7 +232,7 @@ class Walk:
         if failure.outcome is Outcome.MISCONFIGURED:
             member.guard.flag_misconfigured(failure, self.detail(failure.message))
         if not verdict.handling.fail_over:  # content policy (cancellation never gets here)
-            self.finish("failed")
+            self.finish("failed", ContentRejected.__name__)
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from self.errors[config.name]
         self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value,
                           call_id=self.call_id)
@@ -244,7 +266,7 @@ class Walk:
             self.finish("static")
             return Response(id="static", model="static", usage=Usage(), route=self.route,
                             choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
-        self.finish("failed")
+        self.finish("failed", AllTargetsFailed.__name__)
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
@@ -257,8 +279,9 @@ class Walk:
         text = self.crew.redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
-    def finish(self, outcome: str) -> None:
-        """The call is over: "ok", "static", "failed" or "cancelled"."""
+    def finish(self, outcome: str, error: str | None = None) -> None:
+        """The call is over: "ok", "static", "failed" (`error`: what the caller gets) or "cancelled"."""
+        self.finished = True
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
             if self.route.degraded and outcome in ("ok", "static"):  # an answer, not an abandoned stream
@@ -266,7 +289,14 @@ class Walk:
                                   call_id=self.call_id)
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
                               served_by=self.route.served_by if outcome != "failed" else None,
-                              call_id=self.call_id)
+                              error=error, call_id=self.call_id)
+
+    def abandoned(self, exc: BaseException) -> None:
+        """`exc` ends the call before the walk finished it (the caller cancelled, or a bug):
+        the call is over all the same, for its listeners."""
+        if not self.finished:
+            cancelled = isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit))
+            self.finish("cancelled" if cancelled else "failed", None if cancelled else type(exc).__name__)
 
     def record(self, attempt: Attempt, **measured: float | None) -> None:
         """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
@@ -314,6 +344,9 @@ class Tries:
             raise walk.no_capacity(self.member)
         ticket = guard.admit(permit)
         self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter(), permit)
+        if walk.call_id is not None and walk.crew.events.wants("attempt_start"):
+            walk.crew.events.emit("attempt_start", target=config.name, chain=walk.chain.name, call_id=walk.call_id,
+                                  timeout_s=self.admission.timeout, **asked_of(config, walk.request.params))
         return self.admission
 
     def resumed(self) -> float | None:
@@ -369,3 +402,4 @@ class Tries:
             self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
                                        call_id=self.walk.call_id)
         return reason is not None
+
