@@ -76,8 +76,9 @@ class OpenTelemetryListener:
         except ImportError as exc:
             raise ImportError("OpenTelemetryListener needs opentelemetry-api: "
                               "pip install 'failover-router[otel]'") from exc
-        self._context, self._trace = context, trace
+        self._context, self._trace, self._metrics = context, trace, metrics
         self.tracer = trace.get_tracer("failover-router", tracer_provider=tracer_provider)
+        self._meters_given = meter_provider is not None
         meter = metrics.get_meter("failover-router", meter_provider=meter_provider)
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration",
@@ -111,10 +112,18 @@ class OpenTelemetryListener:
                                       attributes={"router.chain": event.chain or "", "router.call_id": event.call_id})
         if span.is_recording():
             call = _Call(span, self._trace.set_span_in_context(span, parent), messages=event.content)
-        else:
+        elif self._measuring():
             call = _Call(None, None)
+        else:
+            return  # the API alone (no SDK) or not sampled: this call's other events cost a dict lookup
         with self._lock:
             self._calls[event.call_id] = call  # type: ignore[index]  # call_id checked by the caller
+
+    def _measuring(self) -> bool:
+        """Whether metrics go anywhere: not while the global meter provider is still the API's
+        own (a no-op, or the proxy that stands in until the application sets one)."""
+        return self._meters_given or not type(self._metrics.get_meter_provider()).__module__.startswith(
+            "opentelemetry.metrics")
 
     def _on_call(self, event: Event, call: _Call) -> None:
         with self._lock:
