@@ -33,7 +33,10 @@ listener builds none of them:
   stream_break      target (whose stream broke), chain, outcome, offset (characters the caller had),
                     detail (what the chain does: continue, restart or error)
   stream_resume     target (who took the stream up), chain, offset, detail (continue or restart)
-A listener without `router_events` gets every event but these.
+A listener without `router_events` gets every event but these. A listener that returns False
+for a call's `start` declines that call's other detail events (observe/otel.py does when
+nothing records: the API without an SDK); when every listener takes `start` and declines,
+the call builds no event at all.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ class Events:
             listeners = self._route(name)
         return bool(listeners)
 
+    def all_take(self, name: str) -> bool:
+        """Whether every listener takes events called `name`."""
+        return self.wants(name) and len(self._by_name[name]) == len(self._listeners)
+
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
         self._by_name = {}
@@ -122,23 +129,29 @@ class Events:
         self._by_name[name] = listeners
         return listeners
 
-    def emit(self, name: str, **values: Any) -> None:
+    def emit(self, name: str, **values: Any) -> bool:
+        """Tell the listeners that take `name`; whether any took it without returning False."""
         if not self._listeners:
-            return
+            return False
         listeners = self._by_name.get(name)
         if listeners is None:
             listeners = self._route(name)
         if not listeners:
-            return
+            return False
         event = Event(name, **values)
+        taken = False
         for listener in listeners:
             try:
-                listener(event)
+                taken = listener(event) is not False or taken
             except Exception:  # noqa: BLE001 - a broken listener must not break a call
                 if id(listener) not in self._complained:
                     self._complained.add(id(listener))
                     log.warning("router: event listener %r raised; it is ignored from now on for its errors",
                                 listener, exc_info=True)
+        return taken
+
+
+QUIET = Events()  # no listener: what a call that every listener declined reports to
 
 
 def _takes(listener: Listener, name: str) -> bool:

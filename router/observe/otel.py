@@ -44,6 +44,7 @@ _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 
 _CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _CONTENT_ON = {"true", "1", "span_only", "span_and_event"}
 _NOT_FAILED = {"ok", "cancelled"}
+_MAX_CALLS = 10000  # calls in flight kept; beyond, the oldest is forgotten (a stream never read nor closed)
 _EVENTS = frozenset({"start", "attempt_start", "answer", "attempt", "retry", "rate_wait", "budget_exhausted",
                      "failover", "degraded", "stream_break", "stream_resume", "call"})
 
@@ -93,20 +94,20 @@ class OpenTelemetryListener:
         self._calls: dict[str, _Call] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event) -> bool | None:
         handle = getattr(self, f"_on_{event.name}", None)
         if handle is None or event.call_id is None:
-            return
+            return None
         if event.name == "start":
-            handle(event)
-            return
+            return handle(event)  # False declines the call's other detail events
         call = self._calls.get(event.call_id)
         if call is not None:
             handle(event, call)
+        return None
 
     # -- the call ---------------------------------------------------------------------------
 
-    def _on_start(self, event: Event) -> None:
+    def _on_start(self, event: Event) -> bool:
         parent = self._context.get_current()
         span = self.tracer.start_span(f"router {event.chain}", context=parent, start_time=_ns(event.time),
                                       attributes={"router.chain": event.chain or "", "router.call_id": event.call_id})
@@ -115,9 +116,12 @@ class OpenTelemetryListener:
         elif self._measuring():
             call = _Call(None, None)
         else:
-            return  # the API alone (no SDK) or not sampled: this call's other events cost a dict lookup
+            return False  # the API alone (no SDK), or not sampled: nothing of this call goes anywhere
         with self._lock:
+            if len(self._calls) >= _MAX_CALLS:
+                self._calls.pop(next(iter(self._calls)))
             self._calls[event.call_id] = call  # type: ignore[index]  # call_id checked by the caller
+        return True
 
     def _measuring(self) -> bool:
         """Whether metrics go anywhere: not while the global meter provider is still the API's

@@ -21,6 +21,7 @@ from ..guards.circuit import CircuitOpen
 from ..cache.tier import CacheHit
 from ..deadline import Deadline
 from ..errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
+from ..observe.events import QUIET, Events
 from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
 from ..limits.buckets import Cost
@@ -46,7 +47,7 @@ class Walk:
         self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
-        self._events = crew.events
+        self._events = crew.events  # QUIET for a call that every listener declined
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
@@ -54,11 +55,19 @@ class Walk:
         self._first_token_s: float | None = None  # of the stream being opened
         self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
         self.finished = False
+        self.details = False  # whether anyone takes this call's detail events (observe/events.py)
         if self.call_id is not None and self._events.wants("start"):
             params = request.params
-            self._events.emit("start", chain=chain.name, call_id=self.call_id, max_tokens=max_tokens(params),
-                              temperature=params.get("temperature"),
-                              content=request.messages if self._events.wants("content") else None)
+            self.details = self._events.emit("start", chain=chain.name, call_id=self.call_id,
+                                             max_tokens=max_tokens(params), temperature=params.get("temperature"),
+                                             content=request.messages if self._events.wants("content") else None)
+            if not self.details and self._events.all_take("start"):
+                self._events = QUIET  # every listener declined this call: nothing more is built
+
+    @property
+    def events(self) -> Events:
+        """Where this call's events go."""
+        return self._events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -151,7 +160,7 @@ class Walk:
                   ended: StreamEnd | None = None) -> None:
         """An attempt answered: `response` for a plain call, `ended` for a stream."""
         member.guard.succeeded(admission.ticket, admission.permit, response)
-        if self.call_id is not None and self._events.wants("answer"):
+        if self.details and self._events.wants("answer"):
             self._tell_answer(member.config.name, response, ended)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
@@ -164,8 +173,9 @@ class Walk:
 
     def stream_event(self, name: str, target: str, offset: int, mode: str, outcome: str | None = None) -> None:
         """`stream_break` or `stream_resume`: where (`offset` characters in) and how (`mode`)."""
-        self._events.emit(name, target=target, chain=self.chain.name, offset=offset, detail=mode, outcome=outcome,
-                          call_id=self.call_id)
+        if self.details:
+            self._events.emit(name, target=target, chain=self.chain.name, offset=offset, detail=mode,
+                              outcome=outcome, call_id=self.call_id)
 
     def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
         """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
@@ -344,8 +354,8 @@ class Tries:
             raise walk.no_capacity(self.member)
         ticket = guard.admit(permit)
         self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter(), permit)
-        if walk.call_id is not None and walk.crew.events.wants("attempt_start"):
-            walk.crew.events.emit("attempt_start", target=config.name, chain=walk.chain.name, call_id=walk.call_id,
+        if walk.details and walk.events.wants("attempt_start"):
+            walk.events.emit("attempt_start", target=config.name, chain=walk.chain.name, call_id=walk.call_id,
                                   timeout_s=self.admission.timeout, **asked_of(config, walk.request.params))
         return self.admission
 
@@ -398,8 +408,8 @@ class Tries:
 
     def refused(self) -> bool:
         reason = self.member.guard.retry_refusal()
-        if reason == "budget_exhausted" and self.walk.crew.events.active:
-            self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
+        if reason == "budget_exhausted" and self.walk.events.active:
+            self.walk.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
                                        call_id=self.walk.call_id)
         return reason is not None
 

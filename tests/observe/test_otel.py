@@ -340,11 +340,32 @@ def test_listeners_that_name_no_detail_events_get_the_events_they_always_had(ser
     assert start.call_id == plain[-1].call_id
 
 
-def test_with_the_api_alone_the_listener_is_a_no_op_and_calls_work(server, make_router):
+class Recorder:
+    """A listener taking `start`, `attempt` and `call`; `decline`: returns False for `start`."""
+
+    router_events = frozenset({"start", "attempt_start", "attempt", "call"})
+
+    def __init__(self, decline: bool) -> None:
+        self.decline = decline
+        self.seen: list[str] = []
+
+    def __call__(self, event: Event) -> bool:
+        self.seen.append(event.name)
+        return not (self.decline and event.name == "start")
+
+
+def test_with_the_api_alone_the_listener_declines_every_call_and_a_call_everyone_declines_builds_no_event(
+        server, make_router):
     listener = OpenTelemetryListener()  # the global providers: the API's no-ops in this process
     assert not isinstance(trace.get_tracer_provider(), TracerProvider)
-    router = make_router({"primary": "p"}, listeners=[listener])
+    declining = Recorder(decline=True)
+    router = make_router({"primary": "p"}, listeners=[listener, declining])
     assert router.complete(HI).route.served_by == "primary"
+    assert declining.seen == ["start"]  # then nothing: every listener declined the call
+    taking = Recorder(decline=False)
+    router.add_listener(taking)
+    router.complete(HI)
+    assert taking.seen == ["start", "attempt_start", "attempt", "call"]
 
 
 def test_import_router_does_not_import_opentelemetry():
