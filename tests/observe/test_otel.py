@@ -145,19 +145,37 @@ def receive(stream: Any) -> str:
     return "".join(chunk.text for chunk in stream)
 
 
+def read_stream(router: Any, api: str, otel: Telemetry) -> tuple[str, list[ReadableSpan]]:
+    """Open a stream under a span `app`, read one chunk, note which call spans had ended
+    by then, and read the rest: the text and those spans."""
+    if api == "sync":
+        with otel.tracer.start_as_current_span("app"):
+            stream = router.complete(HI, stream=True)
+        first = next(stream)
+        ended_early = otel.calls()
+        return first.text + receive(stream), ended_early
+
+    async def main() -> tuple[str, list[ReadableSpan]]:
+        with otel.tracer.start_as_current_span("app"):
+            stream = await router.acomplete(HI, stream=True)
+        first = await stream.__anext__()
+        ended_early = otel.calls()
+        return first.text + "".join([chunk.text async for chunk in stream]), ended_early
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("api", ["sync", "async"])
 @pytest.mark.parametrize("mode", ["continue", "restart"])
 def test_a_stream_span_ends_with_the_stream_and_its_break_and_recovery_are_events_at_the_offset(
-        server, make_router, otel, mode):
+        server, make_router, otel, mode, api):
     server.script("p", faults.stream(TEXT, cut_after=3))
     server.script("s", faults.stream(TEXT))
     router = make_router({"primary": "p", "secondary": remote(server, "s", prefill=True)},
                          chains={"default": {"targets": ["primary", "secondary"], "mid_stream": mode}},
                          defaults={"retry": ONE_TRY}, listeners=[otel.listener])
-    with otel.tracer.start_as_current_span("app"):
-        stream = router.complete(HI, stream=True)
-    first = next(stream)
-    assert otel.calls() == []  # the call goes on after complete() returned
-    text = first.text + receive(stream)
+    text, ended_early = read_stream(router, api, otel)
+    assert ended_early == []  # the call went on after complete() returned
     assert text.endswith(TEXT)
     (call,) = otel.calls()
     assert call.parent is not None and call.attributes["router.served_by"] == "secondary"
