@@ -1,8 +1,8 @@
 """What the walk's layers hand each other: the `Crew` a call works with, a chain `Member`,
 an attempt's `Admission`, the attempt that `Won`, how a stream ended (`StreamEnd`), a
-failure's `Verdict`, and the two refusals that send nothing (`NoCapacity`, `Throttled`). Data only, so that the core
-(decisions.py), the shells (shells.py) and streams (router/streaming/) share them
-without importing each other."""
+failure's `Verdict`, and the two refusals that send nothing (`NoCapacity`, `Throttled`).
+Data only, so that the core (decisions.py), the shells (shells.py) and streams
+(router/streaming/) share them without importing each other."""
 
 from __future__ import annotations
 

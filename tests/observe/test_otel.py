@@ -268,7 +268,8 @@ def test_calls_from_threads_nest_under_each_threads_span(server, make_router, ot
 
 def test_a_cancelled_call_ends_its_span_as_cancelled_and_counts_in_the_metrics(server, make_router, otel):
     server.script("p", faults.hang(10))
-    router = make_router({"primary": "p"}, listeners=[otel.listener])
+    seen: list[Event] = []
+    router = make_router({"primary": "p"}, listeners=[otel.listener, seen.append])
 
     async def main() -> None:
         task = asyncio.create_task(router.acomplete(HI))
@@ -285,6 +286,8 @@ def test_a_cancelled_call_ends_its_span_as_cancelled_and_counts_in_the_metrics(s
     assert 0.2 < (attempt.end_time - attempt.start_time) / 1e9 < 5
     (point,) = otel.points("gen_ai.client.operation.duration")
     assert point.attributes["router.outcome"] == "cancelled" and point.count == 1
+    # the call event every listener gets says so too (before, a cancelled call had none)
+    assert [(e.name, e.outcome) for e in seen] == [("attempt", "cancelled"), ("call", "cancelled")]
 
 
 def test_metrics_are_the_genai_histograms_by_target_and_outcome(server, make_router, otel):
