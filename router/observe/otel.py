@@ -80,6 +80,7 @@ class OpenTelemetryListener:
         self._context, self._trace, self._metrics = context, trace, metrics
         self.tracer = trace.get_tracer("failover-router", tracer_provider=tracer_provider)
         self._meters_given = meter_provider is not None
+        self._tracers_given = tracer_provider is not None
         meter = metrics.get_meter("failover-router", meter_provider=meter_provider)
         self.duration = meter.create_histogram(
             "gen_ai.client.operation.duration", unit="s", description="GenAI operation duration",
@@ -108,15 +109,18 @@ class OpenTelemetryListener:
     # -- the call ---------------------------------------------------------------------------
 
     def _on_start(self, event: Event) -> bool:
+        tracing = self._tracers_given or not _api_own(self._trace.get_tracer_provider())
+        if not tracing and not self._measuring():
+            return False  # the API alone, no SDK: nothing of this call goes anywhere
         parent = self._context.get_current()
         span = self.tracer.start_span(f"router {event.chain}", context=parent, start_time=_ns(event.time),
                                       attributes={"router.chain": event.chain or "", "router.call_id": event.call_id})
-        if span.is_recording():
+        if tracing and span.is_recording():
             call = _Call(span, self._trace.set_span_in_context(span, parent), messages=event.content)
         elif self._measuring():
             call = _Call(None, None)
         else:
-            return False  # the API alone (no SDK), or not sampled: nothing of this call goes anywhere
+            return False  # not sampled, and no metrics: nothing of this call goes anywhere
         with self._lock:
             if len(self._calls) >= _MAX_CALLS:
                 self._calls.pop(next(iter(self._calls)))
@@ -126,8 +130,7 @@ class OpenTelemetryListener:
     def _measuring(self) -> bool:
         """Whether metrics go anywhere: not while the global meter provider is still the API's
         own (a no-op, or the proxy that stands in until the application sets one)."""
-        return self._meters_given or not type(self._metrics.get_meter_provider()).__module__.startswith(
-            "opentelemetry.metrics")
+        return self._meters_given or not _api_own(self._metrics.get_meter_provider())
 
     def _on_call(self, event: Event, call: _Call) -> None:
         with self._lock:
@@ -257,6 +260,12 @@ def _add_content(attributes: dict[str, Any], messages: Any, answer: Event | None
         attributes["gen_ai.output.messages"] = json.dumps(
             [{"role": "assistant", "parts": [{"type": "text", "content": answer.content}],
               "finish_reason": reasons[0]}])
+
+
+def _api_own(provider: Any) -> bool:
+    """A provider of the API itself (a no-op, or the proxy standing in until the application
+    sets one), not of an SDK."""
+    return type(provider).__module__.startswith(("opentelemetry.trace", "opentelemetry.metrics"))
 
 
 def _ns(seconds: float) -> int:

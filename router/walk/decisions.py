@@ -12,8 +12,8 @@ guards/retry.py) or give up.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -53,7 +53,8 @@ class Walk:
         self._started = time.perf_counter()
         self._cost: Cost | None = None
         self._first_token_s: float | None = None  # of the stream being opened
-        self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
+        # groups a call's events; 16 hex digits as uuid4().hex[:16] gave, in a quarter of the time
+        self.call_id = os.urandom(8).hex() if self._events.active else None
         self.finished = False
         self.details = False  # whether anyone takes this call's detail events (observe/events.py)
         if self.call_id is not None and self._events.wants("start"):
