@@ -407,3 +407,28 @@ def test_without_opentelemetry_the_listener_says_what_to_install_and_the_router_
     out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
     assert out.stdout.splitlines() == [
         "OpenTelemetryListener needs opentelemetry-api: pip install 'failover-router[otel]'", "p"]
+
+
+def test_the_local_tier_is_an_attempt_span_named_by_its_model_file(server, make_router, otel):
+    from router.models import pull_default_model
+
+    from ..test_degraded import REPO, local_target
+
+    model = str(pull_default_model(REPO / "models", quiet=True))
+    server.script("p", faults.status(503))
+    router = make_router({"primary": remote(server, "p", retry=ONE_TRY), "local": local_target(model)},
+                         listeners=[otel.listener])
+
+    async def main() -> Any:
+        with otel.tracer.start_as_current_span("app"):
+            return await router.acomplete(HI, max_tokens=8)
+
+    response = asyncio.run(main())
+    (call,) = otel.calls()
+    assert call.attributes["router.served_by"] == "local" and call.attributes["router.degraded"] is True
+    remote_try, local = otel.children(call)
+    assert remote_try.attributes["router.outcome"] == "transient"
+    assert local.name == "chat SmolLM2-135M-Instruct.Q4_1"
+    assert local.attributes["gen_ai.provider.name"] == "llama_cpp"
+    assert local.attributes["gen_ai.request.max_tokens"] == 8
+    assert local.attributes["gen_ai.usage.output_tokens"] == response.usage.completion_tokens > 0
