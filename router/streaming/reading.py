@@ -20,7 +20,7 @@ from .recovery import Recovery
 from ..response import Chunk, ChunkChoice, Delta, Route, Usage, answer_of
 from ..config.schema import TargetConfig
 from .sources import END, Stalled
-from ..walk import Walk
+from ..walk import StreamEnd, Walk
 from .opening import Opened, carries_answer, open_async, open_sync
 
 
@@ -34,6 +34,7 @@ class _StreamCore:
         self.parts: list[str] = []
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
+        self.last: Chunk | None = None  # model and usage of the stream, for the `answer` event
         self.continued = False
         self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
@@ -63,8 +64,9 @@ class _StreamCore:
         route = self.walk.route
         if self.opened is not None and plan is not None:
             self.continued = True
-            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name,
-                                                       len(self.text)))
+            sent = len(self.text)
+            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name, sent))
+            self.walk.stream_event("stream_resume", opened.config.name, sent, plan.mode)
             if plan.restarts:
                 self.restarts += 1
                 self.parts = []
@@ -86,6 +88,7 @@ class _StreamCore:
         return None
 
     def deliver(self, chunk: Chunk) -> Chunk | None:
+        self.last = chunk
         if self.continued and not chunk.restart and not carries_answer(chunk):
             return None  # the continuation's own role chunk: the caller has had one
         chunk.id = self.id or chunk.id
@@ -121,7 +124,8 @@ class _StreamCore:
         if self.finish_reason is None:
             raise recovery.truncated()
         assert self.opened is not None
-        self.walk.succeeded(self.opened.member, self.opened.admission, tokens=self.tokens)
+        self.walk.succeeded(self.opened.member, self.opened.admission, tokens=self.tokens,
+                            ended=StreamEnd(self.last, self.finish_reason, self.parts))
         self.walk.finish("ok")
         if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
             self.walk.answered(self.opened.config, answer_of(self.kept))
@@ -139,8 +143,12 @@ class _StreamCore:
             self.walk.note(broken)(note)
         self.break_failure = self.walk.stream_broke(self.opened.member, self.opened.admission, exc).failure
         self.broken_at = len(self.walk.route.attempts) - 1
-        return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
+        text = self.text
+        plan = recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, text,
                              self.walk.can_continue)
+        self.walk.stream_event("stream_break", broken.name, len(text), plan.mode if plan else "error",
+                               self.break_failure.outcome.value)
+        return plan
 
     def replace(self, plan: Recovery | None, replacement: Opened | None) -> None:
         """Go on with the `replacement` of the broken stream, or raise `StreamInterrupted`."""
@@ -154,7 +162,7 @@ class _StreamCore:
         """No target took the stream up: the real error is the break as recorded (a stall is
         `silent`, not the reader's bare `Stalled`), the message and the cause; what each
         target tried after it said is appended, as facts."""
-        self.walk.finish("failed")
+        self.walk.finish("failed", StreamInterrupted.__name__)
         text = self.text
         tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
                  for a in self.walk.route.attempts[self.broken_at + 1:]]
@@ -294,13 +302,21 @@ class AsyncStream(_StreamShell):
 # -- the entry points: open (opening.py), then read ------------------------------------
 
 def stream_sync(walk: Walk) -> Stream:
-    opened = open_sync(walk, walk.members())
-    return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    try:
+        opened = open_sync(walk, walk.members())
+        return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled before the first content: the call is over all the same
+        raise
 
 
 async def stream_async(walk: Walk) -> AsyncStream:
-    opened = await open_async(walk, walk.members())
-    return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    try:
+        opened = await open_async(walk, walk.members())
+        return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled before the first content: the call is over all the same
+        raise
 
 
 def _asks_usage(walk: Walk) -> bool:

@@ -56,13 +56,21 @@ async def chain_async(walk: Walk, members: Iterable[Member],
 
 
 def walk_sync(walk: Walk) -> Response:
-    won = chain_sync(walk, walk.members(), _complete_sync)
-    return walk.answer(won) if won is not None else walk.give_up()
+    try:
+        won = chain_sync(walk, walk.members(), _complete_sync)
+        return walk.answer(won) if won is not None else walk.give_up()
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled: the call is over all the same
+        raise
 
 
 async def walk_async(walk: Walk) -> Response:
-    won = await chain_async(walk, walk.members(), _complete_async)
-    return walk.answer(won) if won is not None else walk.give_up()
+    try:
+        won = await chain_async(walk, walk.members(), _complete_async)
+        return walk.answer(won) if won is not None else walk.give_up()
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled: the call is over all the same
+        raise
 
 
 def _complete_sync(walk: Walk, member: Member, admission: Admission) -> Response:
