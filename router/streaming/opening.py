@@ -11,15 +11,18 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from ..deadline import Deadline
 from ..outcomes import Outcome, TargetFailure
-from ..response import Chunk
+from ..response import chunk_of
 from ..config.schema import TargetConfig
 from .sources import END, AsyncSource, Stalled, ThreadedSource
 from ..walk import Admission, Member, Walk, Won, chain_async, chain_sync
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 
 @dataclass
@@ -102,7 +105,7 @@ class _Prelude:
         """Hold `raw`; True once the held chunks carry content (or a finish)."""
         if raw is END:
             raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
-        chunk = Chunk.from_openai(raw)
+        chunk = chunk_of(raw)
         self.chunks.append(chunk)
         return carries_answer(chunk)
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from ..errors import StreamInterrupted
 from ..outcomes import Failure
 from .recovery import Recovery
-from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
+from ..response import Route, answer_of, chunk_of, text_chunk
 from ..config.schema import TargetConfig
 from .sources import END, Stalled
 from ..walk import Walk
 from .opening import Opened, carries_answer, open_async, open_sync
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 
 class _StreamCore:
@@ -97,7 +100,7 @@ class _StreamCore:
         if raw is END:
             self.ended()
             return None
-        return self.deliver(Chunk.from_openai(raw))
+        return self.deliver(chunk_of(raw))
 
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
@@ -289,6 +292,5 @@ async def stream_async(walk: Walk) -> AsyncStream:
 def _static_core(walk: Walk) -> _StreamCore:
     response = walk.give_up()  # raises AllTargetsFailed unless the chain has a static reply
     text = response.choices[0].message.content
-    chunk = Chunk(id="static", model="static",
-                  choices=[ChunkChoice(0, Delta(role="assistant", content=text), finish_reason="stop")])
+    chunk = text_chunk(text or "", id="static", model="static", finish_reason="stop")
     return _StreamCore(walk, None, static=chunk)

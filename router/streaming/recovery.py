@@ -28,12 +28,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.schema import CONTINUE, ERROR, RESTART
 from ..outcomes import Outcome, TargetFailure, classify
-from ..response import Chunk, ChunkChoice, Delta
+from ..response import text_chunk
 
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,7 @@ def explain(exc: BaseException, partial: str) -> BaseException:
 def restart_marker(stream_id: str, model: str) -> Chunk:
     """The chunk that announces a restart: no text, `restart=True`. Everything the caller
     received before it belongs to an answer that was abandoned."""
-    return Chunk(id=stream_id, model=model, restart=True,
-                 choices=[ChunkChoice(0, Delta(role="assistant", content=""))])
+    return text_chunk("", id=stream_id, model=model, restart=True)
 
 
 def recovered_note(recovery: Recovery, target: str, broken: str, sent: int) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..guards.circuit import CircuitOpen
 from ..cache.tier import CacheHit
@@ -24,11 +24,14 @@ from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
 from ..limits.buckets import Cost
 from ..request import Request
-from ..response import Attempt, Choice, Message, Response, Route, Usage
+from ..response import Attempt, Route, text_response
 from ..guards.retry import MIN_ATTEMPT_S, Retries
 from ..config.schema import ChainConfig, TargetConfig
 from ..targets import Note
 from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 _DETAIL_LIMIT = 500
 
@@ -242,8 +245,9 @@ class Walk:
             self.route.served_by = "static"
             self.route.degraded = True
             self.finish("static")
-            return Response(id="static", model="static", usage=Usage(), route=self.route,
-                            choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
+            response = text_response(self.chain.static_reply, id="static", model="static")
+            response.route = self.route
+            return response
         self.finish("failed")
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
