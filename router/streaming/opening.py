@@ -39,8 +39,11 @@ class Opened:
         return self.member.config
 
 
-def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> Opened | None:
+def open_sync(walk: Walk, members: Iterable[Member], plan: recovery.Recovery | None = None) -> Opened | None:
+    """Open a stream on the first of `members` that reaches content; `plan`: the recovery
+    of a broken one (what each target is sent as a prefill)."""
     def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        partial = plan.partial_for(member.config.name) if plan else ""
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
             prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
@@ -53,8 +56,9 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> Opene
     return _opened(chain_sync(walk, members, attempt))
 
 
-async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -> Opened | None:
+async def open_async(walk: Walk, members: Iterable[Member], plan: recovery.Recovery | None = None) -> Opened | None:
     async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        partial = plan.partial_for(member.config.name) if plan else ""
         source = _async_source(walk, member, admission, partial)
         try:
             prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)

@@ -22,6 +22,8 @@ from ..config.schema import TargetConfig
 from .sources import END, Stalled
 from ..walk import Walk
 from .opening import Opened, carries_answer, open_async, open_sync
+from .tool_calls import ToolCallHold
+from ..config.schema import AUTO, CONTINUE
 
 if TYPE_CHECKING:
     from ..response import Chunk
@@ -41,6 +43,11 @@ class _StreamCore:
         self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
         self.restarts = 0
+        self.recoveries = 0  # continuations plus restarts, bounded by the chain's max_recoveries
+        self.exhausted = False  # the last break came with no recovery left
+        self.out: deque[Chunk] = deque()  # delivered, not yet handed to the caller
+        # tool calls reach the caller whole where a break may be continued (tool_calls.py)
+        self.calls = ToolCallHold() if walk.chain.mid_stream in (CONTINUE, AUTO) else None
         self.broken_at = 0  # index in route.attempts of the last break
         self.break_failure: Failure | None = None  # the last break, as recorded against its target
         if opened is not None:
@@ -63,11 +70,14 @@ class _StreamCore:
         route = self.walk.route
         if self.opened is not None and plan is not None:
             self.continued = True
+            self.recoveries += 1
             route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name,
                                                        len(self.text)))
-            if plan.restarts:
+            if plan.restarts_on(opened.config.name):
                 self.restarts += 1
                 self.parts = []
+                if self.calls is not None:
+                    self.calls.reset()
                 model = opened.prelude[0].model if opened.prelude else ""
                 self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
@@ -78,29 +88,30 @@ class _StreamCore:
         self.finish_reason = None
 
     def next_held(self) -> Chunk | None:
-        while self.prelude:
-            chunk = self.deliver(self.prelude.popleft())
-            if chunk is not None:
-                return chunk
-        return None
+        while not self.out and self.prelude:
+            self.deliver(self.prelude.popleft())
+        return self.out.popleft() if self.out else None
 
-    def deliver(self, chunk: Chunk) -> Chunk | None:
+    def deliver(self, chunk: Chunk) -> None:
+        """Hand `chunk` on (to `out`), tool calls once whole (under continue and auto)."""
         if self.continued and not chunk.restart and not carries_answer(chunk):
-            return None  # the continuation's own role chunk: the caller has had one
-        chunk.id = self.id or chunk.id
-        if self.kept is not None:
-            self.kept.append(chunk)
-        self.parts.append(chunk.text)
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        return chunk
+            return  # the continuation's own role chunk: the caller has had one
+        for whole in self.calls.feed(chunk) if self.calls is not None and not chunk.restart else (chunk,):
+            whole.id = self.id or whole.id
+            if self.kept is not None:
+                self.kept.append(whole)
+            self.parts.append(whole.text)
+            self.finish_reason = whole.finish_reason or self.finish_reason
+            self.out.append(whole)
 
     def received(self, raw: Any) -> Chunk | None:
         """One read from the source: the chunk to hand the caller, or None (the stream
-        ended, or the chunk is not for the caller)."""
+        ended, or nothing of it is for the caller yet)."""
         if raw is END:
             self.ended()
             return None
-        return self.deliver(chunk_of(raw))
+        self.deliver(chunk_of(raw))
+        return self.out.popleft() if self.out else None
 
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
@@ -125,6 +136,11 @@ class _StreamCore:
             self.walk.note(broken)(note)
         self.break_failure = self.walk.stream_broke(self.opened.member, self.opened.admission, exc).failure
         self.broken_at = len(self.walk.route.attempts) - 1
+        if self.calls is not None:
+            self.calls.drop()  # a call not yet whole is lost with the break; the caller never saw it
+        if self.recoveries >= self.walk.chain.max_recoveries:
+            self.exhausted = True
+            return None
         return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
                              self.walk.can_continue)
 
@@ -145,14 +161,17 @@ class _StreamCore:
         tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
                  for a in self.walk.route.attempts[self.broken_at + 1:]]
         then = f"; then {'; '.join(tried)}" if tried else ""
-        return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
-                                 f"target could continue it: {self.walk.detail(failure.message)}{then}",
+        why = (f"it had been recovered max_recoveries ({self.recoveries}) times already" if self.exhausted
+               else "no target could continue it")
+        return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and {why}: "
+                                 f"{self.walk.detail(failure.message)}{then}",
                                  partial_text=text, route=self.walk.route)
 
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
         self.closed = True
         self.prelude.clear()
+        self.out.clear()
         if self.opened is not None:
             self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
                                                                          f"{len(self.text)} characters")
@@ -212,7 +231,7 @@ class Stream(_StreamShell):
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
             plan = core.broke(broke)
-            core.replace(plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
+            core.replace(plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan))
         raise StopIteration
 
     def close(self) -> None:
@@ -260,8 +279,7 @@ class AsyncStream(_StreamShell):
                 continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
             plan = core.broke(broke)
-            core.replace(plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
-                                                                plan.partial))
+            core.replace(plan, plan and await open_async(core.walk, core.walk.members(plan.targets), plan))
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

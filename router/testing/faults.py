@@ -112,6 +112,7 @@ class Stream:
     end_after: Optional[int] = None
     stall_seconds: Optional[float] = None
     invalid_event_at: Optional[int] = None
+    tool_calls: Optional[tuple] = None  # ((name, arguments), ...) streamed after the text
     kind: str = _kind("stream")
 
 
@@ -290,6 +291,7 @@ def stream(
     end_after: Optional[int] = None,
     stall_seconds: Optional[float] = None,
     invalid_event_at: Optional[int] = None,
+    tool_calls: Optional[Any] = None,
 ) -> Stream:
     """Stream ``text`` word by word as SSE (even if the request did not ask to stream).
 
@@ -305,6 +307,11 @@ def stream(
 
     A request whose last message is an assistant turn (a prefill) that ``text`` starts
     with is answered with the rest of ``text`` only: the model continues its prefill.
+
+    ``tool_calls=[{"name": ..., "arguments": "<json text>"}, ...]`` streams those calls after
+    the text, as OpenAI does: per call a delta with its index, id, type and name, then its
+    arguments in pieces of 6 characters; each delta counts as a content chunk for
+    ``cut_after`` and the others, and the finish_reason is ``tool_calls``.
     """
     _check_delay("first_token_delay", first_token_delay)
     _check_delay("token_delay", token_delay)
@@ -315,8 +322,9 @@ def stream(
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     if invalid_event_at is not None and invalid_event_at < 1:
         raise ValueError(f"invalid_event_at counts events from 1, got {invalid_event_at!r}")
+    calls = tuple((str(c["name"]), str(c["arguments"])) for c in tool_calls) if tool_calls else None
     return Stream(text, first_token_delay, token_delay, cut_after, stall_after,
-                  malformed_after, done, end_after, stall_seconds, invalid_event_at)
+                  malformed_after, done, end_after, stall_seconds, invalid_event_at, calls)
 
 
 def refuse_prefill(otherwise: Fault = Ok()) -> RefusePrefill:

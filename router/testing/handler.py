@@ -126,7 +126,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         head = {"id": _completion_id(), "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": body.get("model")}
         text = _continuation(body, fault.text)
-        pieces = _split_words(text)
+        pieces = [{"content": word} for word in _split_words(text)] + _tool_call_deltas(fault.tool_calls or ())
         self.wfile.write(self._head(200, "text/event-stream", [
             ("Transfer-Encoding", "chunked"), ("Cache-Control", "no-cache")]))
         self._sleep(fault.first_token_delay)
@@ -153,8 +153,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
                 break
             if sent:
                 self._sleep(fault.token_delay)
-            event({"content": piece}, None)
-        event({}, "stop")
+            event(piece, None)
+        event({}, "tool_calls" if fault.tool_calls else "stop")
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             self._chunk(b"data: " + _json(dict(head, choices=[], usage=_usage(body, text))) + b"\n\n")
@@ -263,6 +263,18 @@ def _split_words(text: str) -> list:
     if pieces and leading:
         pieces[0] = leading + pieces[0]
     return pieces or ([text] if text else [])
+
+
+def _tool_call_deltas(calls: Any) -> list:
+    """The deltas that stream ``calls`` ((name, arguments) pairs): a head with the index, id,
+    type and name, then the arguments 6 characters at a time."""
+    deltas = []
+    for index, (name, arguments) in enumerate(calls):
+        deltas.append({"tool_calls": [{"index": index, "id": f"call_{index}", "type": "function",
+                                       "function": {"name": name, "arguments": ""}}]})
+        deltas += [{"tool_calls": [{"index": index, "function": {"arguments": arguments[i:i + 6]}}]}
+                   for i in range(0, len(arguments), 6)]
+    return deltas
 
 
 def _continuation(body: dict, text: str) -> str:

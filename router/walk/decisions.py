@@ -47,6 +47,7 @@ class Walk:
         self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
+        self.admitted: dict[str, int] = {}  # attempts admitted per target over the whole call
         self._events = crew.events
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
@@ -312,6 +313,7 @@ class Tries:
         `CircuitOpen` (nothing sent, the room given back)."""
         walk, config, guard = self.walk, self.member.config, self.member.guard
         self.attempts += 1
+        walk.admitted[config.name] = walk.admitted.get(config.name, 0) + 1
         permit, self.permit = self.permit, None
         if not slot:
             guard.give_back(permit)
@@ -322,12 +324,14 @@ class Tries:
 
     def resumed(self) -> float | None:
         """Seconds to wait before the first attempt: 0, except for the target whose stream
-        just broke (`Walk.broken`), whose retry policy goes on from that failure: its wait,
-        or None when it is given up (recorded)."""
+        just broke (`Walk.broken`), whose retry policy goes on from that failure, counting
+        every attempt it had in this call (a target that cuts every stream gets
+        `retry.attempts` requests per call, not that many per break): its wait, or None
+        when it is given up (recorded)."""
         broken = self.walk.broken
         if broken is None or broken[0] != self.member.config.name:
             return 0.0
-        self.attempts = 1
+        self.attempts = self.walk.admitted.get(broken[0], 1)
         return self.next(broken[1])
 
     def failed(self, exc: BaseException) -> float | None:
