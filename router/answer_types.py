@@ -28,6 +28,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import PrivateAttr, ValidationError
 
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+# litellm's own bookkeeping, on every object it builds: dropped when empty (no provider sent it)
+_LITELLM_EMPTY = ("provider_specific_fields", "citations")
 
 
 class Response(ChatCompletion):
@@ -143,8 +145,9 @@ def _plain(data: Any) -> dict[str, Any]:
 def _normalized(data: dict[str, Any], kind: str, part: str, usage: dict[str, int] | None) -> dict[str, Any]:
     """A shallow copy of `data` with what the SDK's types require and OpenAI-compatible
     servers sometimes leave out: id, created, model, object, each choice's index, each tool
-    call's type (and a delta's tool call index); usage zero when an answer has none."""
-    out = dict(data)
+    call's type (and a delta's tool call index); usage zero when an answer has none.
+    litellm's empty bookkeeping fields go."""
+    out = _without_empty_bookkeeping(data)
     if out.get("id") is None:
         out["id"] = ""
     if out.get("created") is None:
@@ -157,18 +160,22 @@ def _normalized(data: dict[str, Any], kind: str, part: str, usage: dict[str, int
         out["usage"] = dict(usage)
     choices = []
     for index, choice in enumerate(out.get("choices") or ()):
-        choice = dict(_plain(choice))
+        choice = _without_empty_bookkeeping(_plain(choice))
         if choice.get("index") is None:
             choice["index"] = index
         inner = choice.get(part)
-        if inner is not None and not isinstance(inner, dict):
-            inner = choice[part] = _plain(inner)
+        if inner is not None:
+            inner = choice[part] = _without_empty_bookkeeping(_plain(inner))
         if inner and inner.get("tool_calls"):
             calls = [_tool_call(c, i, part) for i, c in enumerate(inner["tool_calls"])]
             choice[part] = {**inner, "tool_calls": calls}
         choices.append(choice)
     out["choices"] = choices
     return out
+
+
+def _without_empty_bookkeeping(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if v or k not in _LITELLM_EMPTY}
 
 
 def _tool_call(call: Any, index: int, part: str) -> dict[str, Any]:
