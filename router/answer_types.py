@@ -32,6 +32,11 @@ _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 _LITELLM_EMPTY = ("provider_specific_fields", "citations")
 
 
+def _kept(name: str, doc: str) -> Any:
+    """A read-write property over the private attribute `name`: kept outside the model's fields."""
+    return property(lambda self: getattr(self, name), lambda self, value: setattr(self, name, value), doc=doc)
+
+
 class Response(ChatCompletion):
     """An OpenAI chat completion (`openai.types.chat.ChatCompletion`), as answered by one
     target, whichever tier: `route` says how the call was served, `headers` are the
@@ -41,30 +46,9 @@ class Response(ChatCompletion):
     _headers: Any = PrivateAttr(default=None)
     _raw: Any = PrivateAttr(default=None)
 
-    @property
-    def route(self) -> Any:
-        """The `Route`: every attempt, who served, degraded or not (not part of model_dump)."""
-        return self._route
-
-    @route.setter
-    def route(self, value: Any) -> None:
-        self._route = value
-
-    @property
-    def headers(self) -> Any:
-        return self._headers
-
-    @headers.setter
-    def headers(self, value: Any) -> None:
-        self._headers = value
-
-    @property
-    def raw(self) -> Any:
-        return self._raw
-
-    @raw.setter
-    def raw(self, value: Any) -> None:
-        self._raw = value
+    route = _kept("_route", "The `Route`: every attempt, who served, degraded or not.")
+    headers = _kept("_headers", "The provider's HTTP response headers (remote targets), or None.")
+    raw = _kept("_raw", "The provider's own answer object (litellm's, llama.cpp's dict, a stored entry).")
 
     @property
     def text(self) -> str:
@@ -94,13 +78,7 @@ class Chunk(ChatCompletionChunk):
 
     _restart: bool = PrivateAttr(default=False)
 
-    @property
-    def restart(self) -> bool:
-        return self._restart
-
-    @restart.setter
-    def restart(self, value: bool) -> None:
-        self._restart = value
+    restart = _kept("_restart", "True on the marker chunk that starts the answer over.")
 
     @property
     def text(self) -> str:
