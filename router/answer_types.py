@@ -4,10 +4,13 @@ the router's additions. Imported on first use through router/response.py, never 
 three times the whole of `import router` (0.15 s).
 
 The additions (`route`, `headers`, `raw` on a `Response`; `restart` on a `Chunk`; `text` on
-both) are pydantic private attributes behind properties, not fields: `model_dump()` and
-`model_dump_json()` give exactly the SDK's shape (what an OpenAI client parses, what a
-gateway sends on), and the SDK's extra-fields rule (`extra="allow"`) cannot turn them into
-stray keys. `to_dict()` is the JSON-ready form with `route` (and `restart`) added.
+both) are properties over the instance's `__dict__`, outside the model's fields:
+`model_dump()` and `model_dump_json()` give exactly the SDK's shape (what an OpenAI client
+parses, what a gateway sends on), equality and `repr` ignore them, and the SDK's
+extra-fields rule (`extra="allow"`) cannot turn them into stray keys. (pydantic's
+`PrivateAttr` would do the same at ~10 µs per object to initialise, measured here: on
+every chunk of every stream, a third of the conversion.) `to_dict()` is the JSON-ready
+form with `route` (and `restart`) added.
 
 Conversion keeps everything the provider sent: a provider object (litellm's
 `ModelResponse`) is dumped and validated into these types, fields the SDK does not declare
@@ -25,16 +28,18 @@ from dataclasses import asdict
 from typing import Any
 
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from pydantic import PrivateAttr, ValidationError
+from pydantic import ValidationError
 
 _ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 # litellm's own bookkeeping, on every object it builds: dropped when empty (no provider sent it)
 _LITELLM_EMPTY = ("provider_specific_fields", "citations")
 
 
-def _kept(name: str, doc: str) -> Any:
-    """A read-write property over the private attribute `name`: kept outside the model's fields."""
-    return property(lambda self: getattr(self, name), lambda self, value: setattr(self, name, value), doc=doc)
+def _kept(name: str, default: Any, doc: str) -> Any:
+    """A read-write property kept in the instance's `__dict__` under `name`, beside the
+    model's fields but not one of them (pydantic serialises, compares and shows fields only)."""
+    return property(lambda self: self.__dict__.get(name, default),
+                    lambda self, value: self.__dict__.__setitem__(name, value), doc=doc)
 
 
 class Response(ChatCompletion):
@@ -42,13 +47,9 @@ class Response(ChatCompletion):
     target, whichever tier: `route` says how the call was served, `headers` are the
     provider's HTTP response headers (remote targets), `raw` the provider's own object."""
 
-    _route: Any = PrivateAttr(default=None)
-    _headers: Any = PrivateAttr(default=None)
-    _raw: Any = PrivateAttr(default=None)
-
-    route = _kept("_route", "The `Route`: every attempt, who served, degraded or not.")
-    headers = _kept("_headers", "The provider's HTTP response headers (remote targets), or None.")
-    raw = _kept("_raw", "The provider's own answer object (litellm's, llama.cpp's dict, a stored entry).")
+    route = _kept("route", None, "The `Route`: every attempt, who served, degraded or not.")
+    headers = _kept("headers", None, "The provider's HTTP response headers (remote targets), or None.")
+    raw = _kept("raw", None, "The provider's own answer object (litellm's, llama.cpp's dict, a stored entry).")
 
     @property
     def text(self) -> str:
@@ -58,7 +59,7 @@ class Response(ChatCompletion):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the OpenAI fields the answer has, plus `route`."""
         data = self.model_dump(mode="json", exclude_unset=True, warnings=False)
-        data["route"] = asdict(self._route) if self._route is not None else None
+        data["route"] = asdict(self.route) if self.route is not None else None
         return data
 
     @classmethod
@@ -67,7 +68,7 @@ class Response(ChatCompletion):
         a stored answer); `raw` keeps `data` itself."""
         if isinstance(data, cls):
             return data
-        response = _validated(cls, _normalized(_plain(data), "chat.completion", "message", _ZERO_USAGE))
+        response = _validated(cls, _normalized(data, "chat.completion", "message", _ZERO_USAGE))
         response.raw = data
         return response
 
@@ -76,9 +77,7 @@ class Chunk(ChatCompletionChunk):
     """One streamed chunk (`openai.types.chat.ChatCompletionChunk`), whichever tier sent it.
     `restart` is True on the marker that starts an answer over (mid_stream: restart)."""
 
-    _restart: bool = PrivateAttr(default=False)
-
-    restart = _kept("_restart", "True on the marker chunk that starts the answer over.")
+    restart = _kept("restart", False, "True on the marker chunk that starts the answer over.")
 
     @property
     def text(self) -> str:
@@ -91,7 +90,7 @@ class Chunk(ChatCompletionChunk):
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the OpenAI fields the chunk has, plus `restart`."""
         data = self.model_dump(mode="json", exclude_unset=True, warnings=False)
-        data["restart"] = self._restart
+        data["restart"] = self.restart
         return data
 
     @classmethod
@@ -99,33 +98,34 @@ class Chunk(ChatCompletionChunk):
         """From an OpenAI-shaped chunk dict or object (litellm's, llama.cpp's)."""
         if isinstance(data, cls):
             return data
-        return _validated(cls, _normalized(_plain(data), "chat.completion.chunk", "delta", None))
+        return _validated(cls, _normalized(data, "chat.completion.chunk", "delta", None))
 
 
 def _validated(cls: Any, data: dict[str, Any]) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError:  # what the SDK's types reject is built as is, as the SDK does
-        built = cls.construct(**data)
-        built.model_post_init(None)  # construct() leaves the private attributes unset
-        return built
+        return cls.construct(**data)
 
 
-def _plain(data: Any) -> dict[str, Any]:
+def _plain(data: Any) -> tuple[dict[str, Any], bool]:
+    """`data` as a dict, and whether it is a fresh one (then it may be changed in place)."""
     if isinstance(data, dict):
-        return data
+        return data, False
     dump = getattr(data, "model_dump", None)
     if dump is not None:
-        return dump()
-    return {k: v for k, v in vars(data).items() if not k.startswith("_")}
+        return dump(), True
+    return {k: v for k, v in vars(data).items() if not k.startswith("_")}, True
 
 
-def _normalized(data: dict[str, Any], kind: str, part: str, usage: dict[str, int] | None) -> dict[str, Any]:
-    """A shallow copy of `data` with what the SDK's types require and OpenAI-compatible
-    servers sometimes leave out: id, created, model, object, each choice's index, each tool
-    call's type (and a delta's tool call index); usage zero when an answer has none.
-    litellm's empty bookkeeping fields go."""
-    out = _without_empty_bookkeeping(data)
+def _normalized(data: Any, kind: str, part: str, usage: dict[str, int] | None) -> dict[str, Any]:
+    """`data` as a dict with what the SDK's types require and OpenAI-compatible servers
+    sometimes leave out: id, created, model, object, each choice's index, each tool call's
+    type (and a delta's tool call index); usage zero when an answer has none. litellm's
+    empty bookkeeping fields go. A caller's dict is copied, never changed; a fresh dump
+    (litellm's objects) is fixed in place (this runs for every chunk of every stream)."""
+    out, fresh = _plain(data)
+    out = _tidy(out, fresh)
     if out.get("id") is None:
         out["id"] = ""
     if out.get("created") is None:
@@ -137,27 +137,31 @@ def _normalized(data: dict[str, Any], kind: str, part: str, usage: dict[str, int
     if usage is not None and not out.get("usage"):
         out["usage"] = dict(usage)
     choices = []
-    for index, choice in enumerate(out.get("choices") or ()):
-        choice = _without_empty_bookkeeping(_plain(choice))
+    for index, given in enumerate(out.get("choices") or ()):
+        choice = _tidy(*_plain(given)) if not fresh else _tidy(given, True)
         if choice.get("index") is None:
             choice["index"] = index
         inner = choice.get(part)
         if inner is not None:
-            inner = choice[part] = _without_empty_bookkeeping(_plain(inner))
+            inner = choice[part] = _tidy(inner, fresh) if isinstance(inner, dict) else _tidy(*_plain(inner))
         if inner and inner.get("tool_calls"):
-            calls = [_tool_call(c, i, part) for i, c in enumerate(inner["tool_calls"])]
-            choice[part] = {**inner, "tool_calls": calls}
+            inner["tool_calls"] = [_tool_call(c, i, part) for i, c in enumerate(inner["tool_calls"])]
         choices.append(choice)
     out["choices"] = choices
     return out
 
 
-def _without_empty_bookkeeping(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in data.items() if v or k not in _LITELLM_EMPTY}
+def _tidy(data: dict[str, Any], fresh: bool) -> dict[str, Any]:
+    """`data` (copied unless `fresh`) without litellm's empty bookkeeping fields."""
+    out = data if fresh else dict(data)
+    for key in _LITELLM_EMPTY:
+        if key in out and not out[key]:
+            del out[key]
+    return out
 
 
 def _tool_call(call: Any, index: int, part: str) -> dict[str, Any]:
-    call = dict(_plain(call))
+    call = dict(_plain(call)[0])
     if part == "message" and not call.get("type"):
         call["type"] = "function"
     if part == "delta" and call.get("index") is None:
