@@ -18,12 +18,11 @@ from ..errors import StreamInterrupted
 from ..outcomes import Failure
 from .recovery import Recovery
 from ..response import Route, answer_of, chunk_of, text_chunk
-from ..config.schema import TargetConfig
+from ..config.schema import AUTO, CONTINUE, TargetConfig
 from .sources import END, Stalled
 from ..walk import Walk
 from .opening import Opened, carries_answer, open_async, open_sync
 from .tool_calls import ToolCallHold
-from ..config.schema import AUTO, CONTINUE
 
 if TYPE_CHECKING:
     from ..response import Chunk
@@ -94,9 +93,9 @@ class _StreamCore:
 
     def deliver(self, chunk: Chunk) -> None:
         """Hand `chunk` on (to `out`), tool calls once whole (under continue and auto)."""
-        if self.continued and not chunk.restart and not carries_answer(chunk):
-            return  # the continuation's own role chunk: the caller has had one
         for whole in self.calls.feed(chunk) if self.calls is not None and not chunk.restart else (chunk,):
+            if self.continued and not whole.restart and not carries_answer(whole):
+                continue  # the continuation's own role chunk: the caller has had one
             whole.id = self.id or whole.id
             if self.kept is not None:
                 self.kept.append(whole)
