@@ -185,3 +185,17 @@ def test_max_recoveries_zero_ends_the_stream_at_its_first_break(server, make_rou
     assert server.count("p") == 1
     assert str(got.error).startswith("the stream from p broke after 14 characters and it had been recovered "
                                      "max_recoveries (0) times already")
+
+
+def test_auto_restarts_on_a_target_once_it_refused_the_prefill_it_declared(server, make_router):
+    server.script("p", faults.stream(TEXT, cut_after=3))
+    server.script("s", faults.refuse_prefill(faults.stream(TEXT)))
+    router = make_router({"primary": remote(server, "p", prefill=False, retry={"attempts": 1}),
+                          "secondary": remote(server, "s", prefill=True)},
+                         chains={"default": {"targets": ["primary", "secondary"], "mid_stream": "auto"}})
+    first = receive(router, "sync")
+    assert isinstance(first.error, StreamInterrupted)
+    assert outcomes(first.error.route) == [("primary", "transient"), ("secondary", "rejected")]
+    again = receive(router, "sync", handle_marker=True)
+    assert again.error is None and again.shown == TEXT and again.stream.restarts == 1
+    assert server.count("s") == 2 and server.requests("s")[1].body["messages"] == HI
