@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .cache.tier import open_caches
 from .config import config_from_dict, load_config
@@ -24,12 +24,14 @@ from .guards.guard import Guard
 from .state import build_guard
 from .observe.redact import Redactor
 from .request import build_request, check_deadline
-from .response import Response
 from .config.schema import ChainConfig, RouterConfig, TargetConfig
 from .state import build_state
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .targets import Target, build_target
 from .walk import Crew, Walk, walk_async, walk_sync
+
+if TYPE_CHECKING:
+    from .response import Response
 
 log = logging.getLogger("router")
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..outcomes import Outcome
 from ..request import Request
-from ..response import Choice, Message, Response, Route, Usage
+from ..response import response_of
+
+if TYPE_CHECKING:
+    from ..response import Response, Route
 
 # Per-call parameters that do not change what a model answers.
 NOT_SHAPING = frozenset({"user", "metadata", "stream_options", "extra_headers", "store", "service_tier",
@@ -59,22 +62,22 @@ def why_not_kept(request: Request, response: Response, route: Route, target_para
 
 
 def encode(response: Response) -> str:
-    """The answer as JSON text: what a replay needs, without usage or route."""
-    return json.dumps({
-        "id": response.id, "model": response.model, "created": response.created,
-        "choices": [{"index": c.index, "finish_reason": c.finish_reason,
-                     "message": {"role": c.message.role, "content": c.message.content,
-                                 "tool_calls": c.message.tool_calls}} for c in response.choices],
-    }, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    """The answer as JSON text: every OpenAI field the provider sent (tool calls, refusal,
+    reasoning, logprobs, system_fingerprint, ...) except usage; no route."""
+    return response.model_dump_json(exclude={"usage"}, exclude_unset=True, warnings=False)
 
 
 def decode(payload: str) -> Response:
-    """A stored answer as a `Response`. Its usage is zero: serving it cost no tokens."""
+    """A stored answer as a `Response`. Its usage is zero: serving it cost no tokens.
+
+    Entries written before answers were the SDK's types (`id`, `model`, `created` and
+    `choices` with `role`, `content`, `tool_calls`) are a subset of this shape and decode
+    the same; what is not an answer at all raises ValueError (the tier counts a miss)."""
     data = json.loads(payload)
-    choices = [Choice(c["index"], Message(c["message"]["role"], c["message"]["content"], c["message"]["tool_calls"]),
-                      c["finish_reason"]) for c in data["choices"]]
-    return Response(id=data["id"], model=data["model"], choices=choices, usage=Usage(), created=data["created"],
-                    raw=data)
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise ValueError("a stored answer is a JSON object with a list of choices")
+    data.pop("usage", None)
+    return response_of(data)
 
 
 def _canonical(value: Any) -> Any:

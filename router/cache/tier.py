@@ -17,16 +17,18 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
-from ..response import Response, Route
 from ..config.schema import ChainConfig, RouterConfig, TargetConfig
 from .policy import cache_key, decode, encode, why_not_kept
 from .stores import AnswerStore, Entry, MemoryStore, SqliteStore
 from .writer import BackgroundWriter
+
+if TYPE_CHECKING:
+    from ..response import Response, Route
 
 log = logging.getLogger("router")
 
@@ -70,9 +72,15 @@ class AnswerCache:
             self.counts["misses"] += 1
             raise TargetFailure(Outcome.CACHE_MISS, f"no answer stored for this request within the last "
                                                     f"{self.options.ttl:g} s")
+        try:
+            answer = decode(stored.payload)
+        except Exception as exc:  # an entry no version of the router could read back: a miss
+            self.counts["misses"] += 1
+            raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read back: "
+                                                    f"{type(exc).__name__}") from exc
         self.counts["hits"] += 1
         self._touch(key, now)
-        return decode(stored.payload), CacheHit(max(0.0, now - stored.stored_at))
+        return answer, CacheHit(max(0.0, now - stored.stored_at))
 
     async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
         """`lookup` without blocking the event loop on a store that does I/O."""

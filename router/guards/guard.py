@@ -16,17 +16,19 @@ never went out gives its permit back (`give_back`).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import clock
 from ..config.schema import TargetConfig
 from ..limits.buckets import Buckets, Cost
 from ..limits.limiter import Permit, RateLimiter, Refusal
 from ..outcomes import QUOTA, Failure, Handling, Outcome
-from ..response import Response
 from .bulkhead import Bulkhead
 from .circuit import Circuit, CircuitOpen, Ticket
 from .retry_budget import Budget
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 log = logging.getLogger("router")
 
@@ -90,7 +92,7 @@ class Guard:
         self.circuit.succeeded(ticket)
         self.budget.succeeded()
         if permit is not None:
-            used = response.usage.total_tokens if response is not None else 0
+            used = response.usage.total_tokens if response is not None and response.usage is not None else 0
             self.limiter.answered(permit, tokens if tokens is not None else used or None,
                                   response.headers if response is not None else None)
 

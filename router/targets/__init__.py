@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..request import Request
-from ..response import Response
 from ..config.schema import TargetConfig
 
 if TYPE_CHECKING:
     from ..cache.tier import AnswerCaches
+    from ..response import Response
 
 Note = Callable[[str], None]
 

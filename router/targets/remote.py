@@ -24,7 +24,7 @@ from .prefill import continuation_params, prefill_messages
 from ..config.schema import TargetConfig
 from ..request import Request, estimated_tokens
 from ..outcomes import Outcome, TargetFailure
-from ..response import Response
+from ..response import response_of
 from . import Note, Target
 from .sdk_clients import SdkClients
 
@@ -328,7 +328,7 @@ def _answer(raw: Any) -> Response:
     With the provider's HTTP headers, which litellm keeps in `_hidden_params
     ["additional_headers"]` (OpenAI-compatible ones as sent, every raw one also as
     `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
-    response = Response.from_openai(raw)
+    response = response_of(raw)
     if not response.choices:
         raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
     hidden = getattr(raw, "_hidden_params", None)

@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..guards.circuit import CircuitOpen
 from ..cache.tier import CacheHit
@@ -26,12 +26,15 @@ from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
 from ..limits.buckets import Cost
 from ..request import Request
-from ..response import Attempt, Choice, Message, Response, Route, Usage
+from ..response import Attempt, Route, text_response
 from ..guards.retry import MIN_ATTEMPT_S, Retries
 from ..config.schema import ChainConfig, TargetConfig
 from ..targets import Note
 from .facts import answer_facts, asked_of, max_tokens
 from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Verdict, Won
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 _DETAIL_LIMIT = 500
 
@@ -47,6 +50,7 @@ class Walk:
         self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
+        self.admitted: dict[str, int] = {}  # attempts admitted per target over the whole call
         self._events = crew.events  # QUIET for a call that every listener declined
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
@@ -288,8 +292,9 @@ class Walk:
             self.route.served_by = "static"
             self.route.degraded = True
             self.finish("static")
-            return Response(id="static", model="static", usage=Usage(), route=self.route,
-                            choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
+            response = text_response(self.chain.static_reply, id="static", model="static")
+            response.route = self.route
+            return response
         self.finish("failed", AllTargetsFailed.__name__)
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
@@ -362,6 +367,7 @@ class Tries:
         `CircuitOpen` (nothing sent, the room given back)."""
         walk, config, guard = self.walk, self.member.config, self.member.guard
         self.attempts += 1
+        walk.admitted[config.name] = walk.admitted.get(config.name, 0) + 1
         permit, self.permit = self.permit, None
         if not slot:
             guard.give_back(permit)
@@ -375,12 +381,14 @@ class Tries:
 
     def resumed(self) -> float | None:
         """Seconds to wait before the first attempt: 0, except for the target whose stream
-        just broke (`Walk.broken`), whose retry policy goes on from that failure: its wait,
-        or None when it is given up (recorded)."""
+        just broke (`Walk.broken`), whose retry policy goes on from that failure, counting
+        every attempt it had in this call (a target that cuts every stream gets
+        `retry.attempts` requests per call, not that many per break): its wait, or None
+        when it is given up (recorded)."""
         broken = self.walk.broken
         if broken is None or broken[0] != self.member.config.name:
             return 0.0
-        self.attempts = 1
+        self.attempts = self.walk.admitted.get(broken[0], 1)
         return self.next(broken[1])
 
     def failed(self, exc: BaseException) -> float | None:

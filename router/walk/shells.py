@@ -9,11 +9,13 @@ attempt that succeeds builds none of the retry machinery.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ..response import Response
 from .decisions import Walk
 from .parts import Admission, Member, Won
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 T = TypeVar("T")
 
