@@ -29,8 +29,13 @@ def usage(body: dict, text: str) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _call_id(call: ToolCall) -> str:
+    """The call's scripted id, or one made up as OpenAI would (every call has one)."""
+    return call.id or f"call_fault{next(_ids):08d}"
+
+
 def _tool_call(call: ToolCall) -> dict:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+    return {"id": _call_id(call), "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 class OpenAIWire:
@@ -84,7 +89,7 @@ class OpenAIStream:
         units = [[self._event({"reasoning_content": piece})] for piece in split_words(thinking)]
         units += [[self._event({"content": piece})] for piece in split_words(text)]
         for index, call in enumerate(tool_calls):
-            start = {"index": index, "id": call.id, "type": "function",
+            start = {"index": index, "id": _call_id(call), "type": "function",
                      "function": {"name": call.name, "arguments": ""}}
             units.append([self._event({"tool_calls": [start]})])
             units += [[self._event({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})]
