@@ -5,11 +5,13 @@ listener takes those events (observe/otel.py does)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config.schema import TargetConfig
-from ..response import Response
 from .parts import StreamEnd
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 
 def max_tokens(params: Mapping[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from ..guards.circuit import Ticket
 from ..cache.tier import AnswerCaches
@@ -16,9 +16,11 @@ from ..observe.events import Events
 from ..guards.guard import Guard
 from ..limits.limiter import Permit
 from ..outcomes import Failure, Handling
-from ..response import Chunk
 from ..config.schema import TargetConfig
 from ..targets import Target
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 T = TypeVar("T")
 
