@@ -33,7 +33,7 @@ from typing import Any
 from ..config.schema import TargetConfig
 from ..outcomes import Outcome, TargetFailure
 from ..response import Response
-from .sdk_clients import SdkClients
+from .sdk_clients import SHARED_HTTP, SdkClients
 
 _openai: Any = None
 _import_lock = threading.Lock()
@@ -58,10 +58,12 @@ def openai_module() -> Any:
 
 
 def warm_openai() -> None:
-    """Import the SDK; later callers wait for the first. Its first call loads ~20 more
-    modules (~30 ms), not worth a mock call."""
+    """Import the SDK and build the shared sync HTTP client (its TLS context: tens of ms);
+    later callers wait for the first. The SDK's first call loads ~20 more modules (~30 ms),
+    not worth a mock call."""
     if not _warm.is_set():
         openai_module()
+        SHARED_HTTP.sync()
         _warm.set()
 
 
