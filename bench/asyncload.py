@@ -6,7 +6,9 @@ with a fixed pool of CONCURRENCY = 64 worker tasks, each taking the next request
 as its last one answered, so that 64 are in flight until the block drains; requests per
 second = block size / wall time of the block.
 
-- ``raw_httpx``: ``await httpx.AsyncClient.post(...)`` and ``.json()``: the floor;
+- ``raw_httpx``: ``await httpx2.AsyncClient.post(...)`` and ``.json()``: the floor
+  (httpx2, the openai SDK's HTTP library: legacy httpx 0.29's AsyncClient managed 45 req/s
+  here at concurrency 64, a fifth of the SDK's, so it was no floor);
 - ``openai_sdk``: ``await openai.AsyncOpenAI(max_retries=0).chat.completions.create(...)``;
 - ``bare``: ``await litellm.acompletion(model="openai/m", api_base=..., api_key=...,
   max_retries=0, timeout=30, messages=..., max_tokens=16)``;
@@ -63,15 +65,15 @@ ACall = Callable[[], Awaitable[Any]]
 
 
 def contenders(url: str) -> dict[str, ACall]:
-    import httpx
+    import httpx2
     import openai
 
     from router import Router
 
     lt = litellm()
     params = {"model": "openai/m", "api_base": url, "api_key": API_KEY, "max_retries": 0, "timeout": 30}
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)  # the openai SDK's
-    http = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30, limits=limits)
+    limits = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)  # the openai SDK's
+    http = httpx2.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30, limits=limits)
 
     async def raw_httpx() -> Any:
         answer = await http.post("/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 16})

@@ -4,8 +4,8 @@ One healthy model ("m", `faults.ok()`) on the fault server, which runs in a sepa
 process (``python -m router.testing --port 0``). The contenders make the same
 sequential call (messages=[{"role": "user", "content": "hi"}], max_tokens=16):
 
-- ``raw_httpx``: one ``httpx.Client.post`` of the JSON body, the answer ``.json()``: the
-  floor under any client;
+- ``raw_httpx``: one ``httpx2.Client.post`` of the JSON body, the answer ``.json()``: the
+  floor under any client (httpx2: the openai SDK's HTTP library, httpx's successor);
 - ``openai_sdk``: ``openai.OpenAI(max_retries=0).chat.completions.create(...)``, what the
   openai transport calls;
 - ``bare``: ``litellm.completion(model="openai/m", api_base=..., api_key=..., max_retries=0, timeout=30)``,
@@ -64,7 +64,7 @@ TARGET_OURS_OVER_SDK = 1.5  # the openai transport over the bare openai SDK
 
 def contenders(url: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], bool]]]:
     """name -> (one call, check of its answer)."""
-    import httpx
+    import httpx2
     import openai
 
     from router import Router
@@ -73,7 +73,7 @@ def contenders(url: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], b
     lt = litellm()
     params = {"model": "openai/m", "api_base": url, "api_key": API_KEY, "max_retries": 0}
 
-    http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    http = httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
 
     def raw_httpx() -> Any:
         answer = http.post("/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 16})

@@ -274,9 +274,8 @@ class _Loader:
         return data
 
     def transport(self, data: Mapping[str, Any], model: str | None, provider: str, path: str) -> str | None:
-        """How a remote target is called: `openai` by default when litellm would hand its
-        model to the OpenAI SDK anyway (`openai/...`), else `litellm`; `openai` on a model
-        that needs litellm's translation is refused."""
+        """`openai` by default for an `openai/...` model, else `litellm`; never `openai` for
+        a model that needs litellm's translation."""
         if provider != "litellm":
             if "transport" in data:
                 raise self.error(path, f"only remote targets have a transport; a {provider} target has none")

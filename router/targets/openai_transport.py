@@ -118,18 +118,10 @@ class OpenAITransport:
             raise as_litellm_names(exc) from exc
 
     def _sync(self) -> Any:
-        openai_module()
-        client = self._clients.sync()
-        if client is None:
-            raise _no_key()
-        return client
+        return _keyed(self._clients.sync())
 
     def _async(self) -> Any:
-        openai_module()
-        client = self._clients.for_running_loop()
-        if client is None:
-            raise _no_key()
-        return client
+        return _keyed(self._clients.for_running_loop())
 
     def _request(self, messages: list[dict[str, Any]], params: dict[str, Any], timeout: float) -> dict[str, Any]:
         """A plain call as the client's documented `post()`: the JSON body as it is (every
@@ -291,6 +283,10 @@ class AuthenticationError(TargetFailure):
     """No API key: the SDK refuses to build its client (litellm's name for it)."""
 
 
-def _no_key() -> AuthenticationError:
-    return AuthenticationError(Outcome.MISCONFIGURED, _NO_KEY)
+def _keyed(client: Any) -> Any:
+    """The SDK client, or MISCONFIGURED before any request when no API key resolved."""
+    openai_module()
+    if client is None:
+        raise AuthenticationError(Outcome.MISCONFIGURED, _NO_KEY)
+    return client
 

@@ -23,6 +23,7 @@ from router.errors import ConfigError
 from router.testing import faults
 
 from ..conftest import TEST_KEY, closed_port
+from ..test_hardening import every_link
 
 HI = [{"role": "user", "content": "hi"}]
 REPO = Path(__file__).resolve().parents[2]
@@ -172,20 +173,9 @@ def test_no_secret_leaks_through_the_sdks_exceptions_into_errors_events_or_logs(
     texts = [caplog.text, repr(events), json.dumps([vars(e) for e in events], default=repr)]
     for exc in seen:
         texts += ["".join(traceback.format_exception(exc)), repr(exc.route)]
-        for link in every_link(exc):
+        for link in every_link(exc) + list(getattr(exc, "errors", {}).values()):
             texts += [repr(link), str(link), repr(vars(link))]
     assert not [text for text in texts if TEST_KEY in text or TEST_KEY.split("-")[-1] in text]
-
-
-def every_link(exc: BaseException) -> list[BaseException]:
-    seen, todo = [], [exc]
-    while todo:
-        link = todo.pop()
-        if link is None or any(link is s for s in seen):
-            continue
-        seen.append(link)
-        todo += [link.__cause__, link.__context__, *getattr(link, "errors", {}).values()]
-    return seen
 
 
 # -- never litellm --------------------------------------------------------------------------
