@@ -25,8 +25,8 @@ from ..errors import ConfigError, InvalidRequest
 from ..observe.redact import Secret
 from ..request import ROUTER_OWNED_PARAMS, check_params
 from .strict_yaml import load_yaml
-from .schema import (LITELLM, MID_STREAM_CHOICES, MAX_DURATION_S, OPENAI, TRANSPORTS, speaks_openai, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
-                     RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
+from .schema import (MID_STREAM_CHOICES, MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
+                     LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 

@@ -289,4 +289,3 @@ def _keyed(client: Any) -> Any:
     if client is None:
         raise AuthenticationError(Outcome.MISCONFIGURED, _NO_KEY)
     return client
-
