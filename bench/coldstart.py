@@ -196,7 +196,7 @@ def measured(report: Report, repeats: int, scripts: dict[str, tuple[str, dict[st
         report.line(f"{label} (max_tokens 16):")
         for key, what in (("interpreter_start_s", "interpreter start (spawn -> first line)"),
                           ("import_s", "  import router"), ("build_s", "  build the Router"),
-                          ("call_s", "  first call (loads the model)"),
+                          ("call_s", "  first call (loads the model or library)"),
                           ("child_s", "child: first line -> answer"),
                           ("spawn_to_answer_s", "spawn -> answer (parent's clock)"),
                           ("process_s", "process wall, exit included (parent)")):
