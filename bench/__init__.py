@@ -1,17 +1,20 @@
 """Benchmarks for `router`, run with ``python -m bench [SCENARIO ...|all] [--quick]``.
 
 - ``overhead``: the happy path. What does routing a call through `router.Router` cost
-  compared with calling `litellm.completion` directly (and with `litellm.Router`)?
+  compared with calling the openai SDK (its openai transport) or `litellm.completion`
+  (its litellm transport) directly, next to raw httpx2 and `litellm.Router`?
 - ``outage``: the failure path. With the primary down (HTTP 503, or hanging), how many
   requests does each contender still answer, how many hit the dead primary, how long?
 - ``local``: the degraded tier. Tokens/s of the local GGUF model through
   `Router.complete` vs `llama_cpp.Llama.create_chat_completion` on its own.
 - ``coldstart``: fresh processes. How long `import router` takes (vs `import litellm`),
-  and how long from process start to the first offline answer, without litellm.
+  and how long from process start to the first offline answer, without litellm, and to
+  the first answer of an OpenAI-compatible server on each transport.
 - ``parallel``: 16 threads through one closed circuit against a 200 ms upstream: do
   they run at once (ours), or one at a time (pybreaker's `call()`)?
-- ``async``: 2000 requests at concurrency 64 through `Router.acomplete` vs bare
-  `litellm.acompletion`: requests per second (module ``asyncload``).
+- ``async``: 2000 requests at concurrency 64 through `Router.acomplete` on each
+  transport vs the openai SDK, bare `litellm.acompletion`, `litellm.Router` and raw
+  httpx2: requests per second, and the time per call one at a time (module ``asyncload``).
 - ``fleet``: 4 processes x 4 threads against a dead primary, circuit state in memory vs
   shared in Redis: how many requests reach the primary; and the happy-path cost of Redis.
 - ``ratelimit``: a provider allowing 20 requests per sliding second, 300 requests from 8

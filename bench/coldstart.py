@@ -17,7 +17,12 @@ llama.cpp's shared library or litellm's thousands of files pays for the page cac
 - ``offline (config.yaml)``: ``ROUTER_OFFLINE=1``, ``Router.from_yaml("config.yaml")``
   (the repo's: openai, anthropic, local; their keys unset) then ``complete(max_tokens=16)``.
 
-For the two offline kinds, three times: *child* = from ``time.perf_counter()`` on the
+- ``remote (openai)``: ``Router.from_dict(one target openai/m at the fault server)`` then
+  ``complete(max_tokens=16)``: an OpenAI-compatible chain on its default transport, the
+  openai SDK directly (issue 19);
+- ``remote (litellm)``: the same with ``transport: litellm``: the router before issue 19.
+
+For the offline and remote kinds, three times: *child* = from ``time.perf_counter()`` on the
 script's first line to the answer; *spawn->answer* = from just before the parent starts
 the child to the answer, both read on the same clock (perf_counter is CLOCK_MONOTONIC,
 shared by all processes on Linux), so it includes the interpreter's start; *process* =
@@ -40,7 +45,7 @@ import sys
 import time
 from typing import Any
 
-from .common import ROOT, Report, _child_env, median, quantile
+from .common import ROOT, CliServer, Report, _child_env, median, paired_ratio, quantile
 
 REPEATS = 7
 TARGET_IMPORT_S = 0.3
@@ -84,10 +89,18 @@ r = router.Router.from_dict({{
 
 _BUILD_YAML = 'r = router.Router.from_yaml("config.yaml")'
 
+_BUILD_REMOTE = """\
+r = router.Router.from_dict({{
+    "targets": {{"primary": {{"model": "openai/m", "api_base": {url!r}, "api_key": "sk-bench", "transport": {transport!r}}}}},
+    "chains": {{"default": ["primary"]}},
+}})"""
 
-def kinds(model_path: str) -> dict[str, tuple[str, dict[str, str]]]:
+
+def kinds(model_path: str, url: str) -> dict[str, tuple[str, dict[str, str]]]:
     """name -> (script, extra environment)."""
     return {
+        **{f"remote_{transport}": (_OFFLINE.format(build=_BUILD_REMOTE.format(url=url, transport=transport)), {})
+           for transport in ("openai", "litellm")},
         "import_router": (_IMPORT.format(module="router"), {}),
         "import_litellm": (_IMPORT.format(module="litellm"), {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}),
         "python_pass": ("pass", {}),
@@ -130,7 +143,11 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
 
     repeats = 3 if quick else REPEATS
     path = str(pull_default_model(ROOT / "models", quiet=True))
-    scripts = kinds(path)
+    with CliServer() as server:
+        return measured(report, repeats, kinds(path, server.url))
+
+
+def measured(report: Report, repeats: int, scripts: dict[str, tuple[str, dict[str, str]]]) -> dict[str, Any]:
     names = list(scripts)
     hidden = sorted(k for k in os.environ if k.endswith("_API_KEY"))
     report.line(f"{repeats} fresh `{os.path.basename(sys.executable)} -c ...` children per kind, interleaved, after "
@@ -170,13 +187,16 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
                              ("import_litellm", "process_s", "import litellm (process)"),
                              ("python_pass", "process_s", "python -c pass (process)")):
         report.line(f"{label:<24}{med(name, key):>9.3f}{spread(name, key):>16}")
-    for name in ("offline_dict", "offline_yaml"):
-        label = "from_dict, offline: true" if name == "offline_dict" else "config.yaml, ROUTER_OFFLINE=1"
+    labels = {"offline_dict": "offline first answer, from_dict, offline: true",
+              "offline_yaml": "offline first answer, config.yaml, ROUTER_OFFLINE=1",
+              "remote_openai": "first answer from the fault server, transport openai (the default)",
+              "remote_litellm": "first answer from the fault server, transport litellm (as before issue 19)"}
+    for name, label in labels.items():
         report.line()
-        report.line(f"offline first answer, {label} (max_tokens 16):")
+        report.line(f"{label} (max_tokens 16):")
         for key, what in (("interpreter_start_s", "interpreter start (spawn -> first line)"),
                           ("import_s", "  import router"), ("build_s", "  build the Router"),
-                          ("call_s", "  first call (loads the model)"),
+                          ("call_s", "  first call (loads the model or library)"),
                           ("child_s", "child: first line -> answer"),
                           ("spawn_to_answer_s", "spawn -> answer (parent's clock)"),
                           ("process_s", "process wall, exit included (parent)")):
@@ -185,7 +205,9 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         imported = sum(r["litellm"] for r in runs)
         report.line(f"  answered in {len(runs)}/{repeats} children; litellm imported in {imported}/{len(runs)}, "
                     f"llama_cpp in {sum(r['llama_cpp'] for r in runs)}/{len(runs)}")
-        if runs:
+        if runs and name.startswith("remote"):
+            report.line(f"  served_by {runs[0]['served_by']}, route {runs[0]['attempts']}")
+        elif runs:
             first = runs[0]
             report.line(f"  served_by {first['served_by']} (degraded={first['degraded']}), route "
                         f"{first['attempts']}, {first['completion_tokens']} tokens: {first['text']!r}")
@@ -219,5 +241,15 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         report.ratio(f"coldstart_{name}_litellm_imported", imported, "0", imported == 0)
         local = sum(r["served_by"] == "local" and r["degraded"] for r in runs)
         report.ratio(f"coldstart_{name}_served_by_local", local, str(repeats), local == repeats)
+    for name in ("remote_openai", "remote_litellm"):
+        report.ratio(f"coldstart_{name}_spawn_to_answer_s", med(name, "spawn_to_answer_s"), "none", None)
+        report.ratio(f"coldstart_{name}_child_s", med(name, "child_s"), "none", None)
+    imported = sum(r["litellm"] for r in ok["remote_openai"])
+    report.ratio("coldstart_remote_openai_litellm_imported", imported, "0", imported == 0)
+    paired = [(a["spawn_to_answer_s"], b["spawn_to_answer_s"])
+              for a, b in zip(results["remote_litellm"], results["remote_openai"], strict=True)
+              if "error" not in a and "error" not in b]  # children of the same repeat
+    report.ratio("coldstart_remote_litellm_over_remote_openai_spawn_to_answer",
+                 paired_ratio(*zip(*paired))["median"] if paired else float("nan"), "none", None)
     return report.finish()
 

@@ -1,15 +1,23 @@
 """Overhead on the happy path: what routing a call costs when nothing fails.
 
 One healthy model ("m", `faults.ok()`) on the fault server, which runs in a separate
-process (``python -m router.testing --port 0``). Four contenders make the same
+process (``python -m router.testing --port 0``). The contenders make the same
 sequential call (messages=[{"role": "user", "content": "hi"}], max_tokens=16):
 
+- ``raw_httpx``: one ``httpx2.Client.post`` of the JSON body, the answer ``.json()``: the
+  floor under any client (httpx2: the openai SDK's HTTP library, httpx's successor);
+- ``openai_sdk``: ``openai.OpenAI(max_retries=0).chat.completions.create(...)``, what the
+  openai transport calls;
 - ``bare``: ``litellm.completion(model="openai/m", api_base=..., api_key=..., max_retries=0, timeout=30)``,
-  the floor: one HTTP request through litellm and nothing else;
+  one HTTP request through litellm and nothing else;
 - ``litellm_router``: ``litellm.Router(model_list=[one deployment], num_retries=0).completion(model="m")``;
-- ``ours``: ``router.Router.from_dict(one target "primary", chain default: [primary]).complete(...)``;
+- ``ours_openai``: ``router.Router.from_dict(one target "primary", chain default: [primary]).complete(...)``,
+  the target on its default transport for an ``openai/...`` model (the openai SDK directly);
+- ``ours_litellm``: the same with ``transport: litellm`` (the router before issue 19);
 - ``bare_aa``: ``bare`` again, an A/A control: bare_aa/bare shows how far the ratio of
   two identical contenders strays on this machine, i.e. the resolution of the others.
+
+Targets: ours_openai/openai_sdk <= 1.5 and ours_litellm/bare <= 1.03 (block time).
 
 Why this design: a call is ~4-5 ms of loopback HTTP + litellm's own request building
 and response parsing, and the router should add well under 100 us to that, so the
@@ -50,16 +58,32 @@ from .common import (
     rotations,
 )
 
-TARGET_OURS_OVER_BARE = 1.03
+TARGET_OURS_OVER_BARE = 1.03  # the litellm transport over bare litellm
+TARGET_OURS_OVER_SDK = 1.5  # the openai transport over the bare openai SDK
 
 
 def contenders(url: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], bool]]]:
     """name -> (one call, check of its answer)."""
+    import httpx2
+    import openai
+
     from router import Router
     from router.testing.faults import DEFAULT_TEXT
 
     lt = litellm()
     params = {"model": "openai/m", "api_base": url, "api_key": API_KEY, "max_retries": 0}
+
+    http = httpx2.Client(base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+
+    def raw_httpx() -> Any:
+        answer = http.post("/chat/completions", json={"model": "m", "messages": HI, "max_tokens": 16})
+        answer.raise_for_status()
+        return answer.json()
+
+    sdk = openai.OpenAI(api_key=API_KEY, base_url=url, max_retries=0)
+
+    def openai_sdk() -> Any:
+        return sdk.chat.completions.create(model="m", messages=HI, max_tokens=16, timeout=30)
 
     def bare() -> Any:
         return lt.completion(**params, timeout=30, messages=HI, max_tokens=16)
@@ -69,23 +93,25 @@ def contenders(url: str) -> dict[str, tuple[Callable[[], Any], Callable[[Any], b
     def litellm_router() -> Any:
         return lr.completion(model="m", messages=HI, max_tokens=16)
 
-    ours_router = Router.from_dict({
-        "defaults": {"timeout": 30},
-        "targets": {"primary": {"model": "openai/m", "api_base": url, "api_key": API_KEY}},
-        "chains": {"default": ["primary"]},
-    })
-
-    def ours() -> Any:
-        return ours_router.complete(HI, max_tokens=16)
+    def ours_on(transport: str) -> Callable[[], Any]:
+        ours_router = Router.from_dict({
+            "defaults": {"timeout": 30},
+            "targets": {"primary": {"model": "openai/m", "api_base": url, "api_key": API_KEY, "transport": transport}},
+            "chains": {"default": ["primary"]},
+        })
+        return lambda: ours_router.complete(HI, max_tokens=16)
 
     def answered(resp: Any) -> bool:
+        if isinstance(resp, dict):
+            return resp["choices"][0]["message"]["content"] == DEFAULT_TEXT
         return resp.choices[0].message.content == DEFAULT_TEXT
 
     def ours_answered(resp: Any) -> bool:
         return answered(resp) and resp.route.served_by == "primary" and len(resp.route.attempts) == 1
 
-    return {"bare": (bare, answered), "litellm_router": (litellm_router, answered),
-            "ours": (ours, ours_answered), "bare_aa": (bare, answered)}
+    return {"raw_httpx": (raw_httpx, answered), "openai_sdk": (openai_sdk, answered), "bare": (bare, answered),
+            "litellm_router": (litellm_router, answered), "ours_openai": (ours_on("openai"), ours_answered),
+            "ours_litellm": (ours_on("litellm"), ours_answered), "bare_aa": (bare, answered)}
 
 
 def isolated_cost(ours: Callable[[], Any], bare: Callable[[], Any], calls: int = 3000) -> float:
@@ -145,7 +171,7 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
                 latencies[name] += lat
                 if not check(resp):
                     raise RuntimeError(f"{name}: unexpected answer: {resp!r}")
-        isolated_us = isolated_cost(calls["ours"][0], calls["bare"][0])
+        isolated_us = isolated_cost(calls["ours_litellm"][0], calls["bare"][0])
         gc.unfreeze()
 
     report.line()
@@ -154,7 +180,9 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         report.line(f"{name:<16}{median(latencies[name]) * 1e3:>10.3f} ms"
                     f"{quantile(latencies[name], 0.9) * 1e3:>8.3f} ms{median(blocks[name]) * 1e3:>11.1f} ms")
 
-    pairs = [("ours", "bare"), ("litellm_router", "bare"), ("ours", "litellm_router"), ("bare_aa", "bare")]
+    pairs = [("ours_openai", "openai_sdk"), ("ours_litellm", "bare"), ("openai_sdk", "raw_httpx"),
+             ("bare", "openai_sdk"), ("litellm_router", "bare"), ("ours_litellm", "ours_openai"),
+             ("ours_litellm", "litellm_router"), ("bare_aa", "bare")]
     ratios = {f"{a}/{b}": paired_ratio(blocks[a], blocks[b]) for a, b in pairs}
     median_ratios = {f"{a}/{b}": paired_ratio(block_medians[a], block_medians[b]) for a, b in pairs}
     report.line()
@@ -169,13 +197,13 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
     def extra_us(a: str, b: str) -> float:
         return median((x - y) / per_block * 1e6 for x, y in zip(blocks[a], blocks[b], strict=True))
 
-    overhead_us, lr_us, vs_lr_us = extra_us("ours", "bare"), extra_us("litellm_router", "bare"), \
-        extra_us("ours", "litellm_router")
+    overhead_us, sdk_us, lr_us = extra_us("ours_litellm", "bare"), extra_us("ours_openai", "openai_sdk"), \
+        extra_us("litellm_router", "bare")
     report.line(f"extra time per call (median over rounds of the block difference / {per_block}): "
-                f"ours - bare = {overhead_us:+.1f} us; litellm_router - bare = {lr_us:+.1f} us; "
-                f"ours - litellm_router = {vs_lr_us:+.1f} us")
+                f"ours_openai - openai_sdk = {sdk_us:+.1f} us; ours_litellm - bare = {overhead_us:+.1f} us; "
+                f"litellm_router - bare = {lr_us:+.1f} us")
 
-    report.line(f"ours' own code alone (litellm.completion replaced by a recorded answer): "
+    report.line(f"ours' own code alone (ours_litellm, litellm.completion replaced by a recorded answer): "
                 f"{isolated_us:.1f} us per call")
 
     report.data.update({
@@ -186,15 +214,20 @@ def run(report: Report, *, quick: bool = False) -> dict[str, Any]:
         "block_s": blocks,
         "block_time_ratios": ratios,
         "block_median_call_ratios": median_ratios,
-        "extra_us_per_call": {"ours-bare": overhead_us, "litellm_router-bare": lr_us,
-                              "ours-litellm_router": vs_lr_us},
+        "extra_us_per_call": {"ours_litellm-bare": overhead_us, "ours_openai-openai_sdk": sdk_us,
+                              "litellm_router-bare": lr_us},
     })
-    ours_bare = ratios["ours/bare"]["median"]
-    report.ratio("overhead_ours_over_bare", ours_bare, f"<={TARGET_OURS_OVER_BARE}",
+    ours_sdk = ratios["ours_openai/openai_sdk"]["median"]
+    report.ratio("overhead_ours_openai_over_openai_sdk", ours_sdk, f"<={TARGET_OURS_OVER_SDK}",
+                 ours_sdk <= TARGET_OURS_OVER_SDK)
+    ours_bare = ratios["ours_litellm/bare"]["median"]
+    report.ratio("overhead_ours_litellm_over_bare", ours_bare, f"<={TARGET_OURS_OVER_BARE}",
                  ours_bare <= TARGET_OURS_OVER_BARE)
-    report.ratio("overhead_litellm_router_over_bare", ratios["litellm_router/bare"]["median"], "none", None)
-    report.ratio("overhead_ours_over_litellm_router", ratios["ours/litellm_router"]["median"], "none", None)
-    report.ratio("overhead_bare_aa_over_bare", ratios["bare_aa/bare"]["median"], "none", None)
-    report.ratio("overhead_ours_median_call_over_bare", median_ratios["ours/bare"]["median"], "none", None)
-    report.ratio("overhead_ours_us_per_call", round(overhead_us, 1), "none", None)
+    for key in ("openai_sdk/raw_httpx", "bare/openai_sdk", "litellm_router/bare", "ours_litellm/ours_openai",
+                "ours_litellm/litellm_router", "bare_aa/bare"):
+        report.ratio(f"overhead_{key.replace('/', '_over_')}", ratios[key]["median"], "none", None)
+    report.ratio("overhead_ours_openai_median_call_over_openai_sdk", median_ratios["ours_openai/openai_sdk"]["median"],
+                 "none", None)
+    report.ratio("overhead_ours_openai_us_per_call", round(sdk_us, 1), "none", None)
+    report.ratio("overhead_ours_litellm_us_per_call", round(overhead_us, 1), "none", None)
     return report.finish()

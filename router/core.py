@@ -67,10 +67,11 @@ class Router:
         for name, target in self._targets.items():
             if target.config.local is not None and target.config.local.preload:
                 target.preload()
-        if not config.offline and any(t.config.is_remote for t in self._targets.values()):
-            from .targets.remote import warm_litellm_in_background
+        transports = {t.config.transport for t in self._targets.values() if t.config.is_remote}
+        if not config.offline and transports:
+            from .targets.remote import warm_in_background
 
-            warm_litellm_in_background()  # seconds of imports, off the first call's clock
+            warm_in_background(transports)  # seconds of imports, off the first call's clock
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], **kwargs: Any) -> Router:

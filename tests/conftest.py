@@ -51,12 +51,17 @@ def remote(server: FaultServer, model: str, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_router(server: FaultServer) -> Callable[..., Router]:
-    """make_router({"primary": "m1", "secondary": "m2"}, chain=[...], defaults=..., **Router kwargs)."""
+def make_router(server: FaultServer, request: pytest.FixtureRequest) -> Callable[..., Router]:
+    """make_router({"primary": "m1", "secondary": "m2"}, chain=[...], defaults=..., **Router kwargs).
+    In a test that uses the `transport` fixture, every openai/... target naming no transport gets it."""
+    transport = request.getfixturevalue("transport") if "transport" in request.fixturenames else None
 
     def make(targets: dict[str, Any], *, chain: list[str] | None = None, defaults: dict[str, Any] | None = None,
              chains: dict[str, Any] | None = None, **kwargs: Any) -> Router:
         resolved = {name: remote(server, spec) if isinstance(spec, str) else spec for name, spec in targets.items()}
+        if transport is not None:
+            resolved = {name: {"transport": transport, **spec} if str(spec.get("model", "")).startswith("openai/")
+                        else spec for name, spec in resolved.items()}
         config = {
             "defaults": {"timeout": 5, "deadline": 30, "retry": FAST_RETRY,
                          "breaker": {"fail_max": 5, "reset_timeout": 60}, **(defaults or {})},
@@ -66,3 +71,16 @@ def make_router(server: FaultServer) -> Callable[..., Router]:
         return Router.from_dict(config, **kwargs)
 
     return make
+
+
+# -- transports (issue 19) ---------------------------------------------------------------
+
+TRANSPORTS = ("openai", "litellm")
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Runs a test once per transport of remote targets: a module opts in with
+    `pytestmark = pytest.mark.usefixtures("transport")`, a test with the same mark;
+    `make_router` then sets it on each openai/... target that names none."""
+    return request.param

@@ -39,6 +39,7 @@ def test_16_threads_through_one_closed_circuit_run_in_parallel(server, make_rout
     assert elapsed < 1.2  # serialised it would be 16 x 0.2 = 3.2 s (0.25 s idle; slack for a loaded machine)
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_64_tasks_through_one_closed_circuit_run_in_parallel(server, make_router):
     server.script("slow", faults.ok("done", delay=0.2))
     router = make_router({"primary": "slow"})
@@ -97,6 +98,7 @@ def test_half_open_lets_one_probe_through_when_50_callers_arrive(server, make_ro
     assert router.status()["primary"]["state"] == "closed"
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_cancelling_the_caller_cancels_the_attempt_and_counts_nothing(server, make_router):
     server.script("p", faults.hang(10))
     router = make_router({"primary": "p"}, defaults={"breaker": {"fail_max": 1, "reset_timeout": 60}})

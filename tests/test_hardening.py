@@ -61,7 +61,9 @@ def test_malformed_content_is_refused_before_any_request_and_leaves_circuits_clo
 
 def test_a_failure_inside_litellm_before_sending_is_unsent_and_counts_against_nothing(server, make_router):
     # a part type we pass on (providers add their own) but litellm's client side refuses
-    router = make_router({"primary": "p", "secondary": "s"}, defaults={"breaker": {"fail_max": 1}})
+    # (the openai transport sends it as it is: it translates nothing)
+    router = make_router({"primary": remote(server, "p", transport="litellm"),
+                          "secondary": remote(server, "s", transport="litellm")}, defaults={"breaker": {"fail_max": 1}})
     odd = [{"role": "user", "content": [{"type": "video", "video": {"id": "v1"}}]}]
     for _ in range(3):
         with pytest.raises(AllTargetsFailed) as info:
@@ -141,6 +143,7 @@ def test_every_configured_duration_has_a_maximum_of_one_day(server, where, key_p
 
 # -- 5. OpenAI's 413 is a size error, not a rate limit -----------------------------------
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_a_413_request_too_large_is_context_too_long_and_skips_targets_no_larger(server, make_router):
     server.script("p", faults.request_too_large())
     router = make_router({"primary": remote(server, "p", context_window=8000),
@@ -253,6 +256,7 @@ def test_on_tools_drop_answers_without_tools_and_says_so(server, make_router):
 
 # -- 9. secrets never travel through the exception chain -------------------------------
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_a_key_quoted_back_by_the_provider_never_reaches_the_exception_chain(server, make_router, caplog):
     server.script("p", faults.quoting_key(401))
     server.script("s", faults.status(500, message=f"upstream rejected Authorization: Bearer {TEST_KEY}"))
@@ -291,6 +295,7 @@ def every_link(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_no_exception_we_raise_reaches_the_raw_provider_error_through_its_context(server, make_router):
     server.script("p", faults.status(400, message=f"{faults.CONTENT_POLICY_MESSAGE} (Authorization: Bearer {TEST_KEY})",
                                      error_code="content_policy_violation"))

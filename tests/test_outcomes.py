@@ -1,4 +1,5 @@
-"""Each row of the outcome table, end to end: litellm over real sockets to the fault server.
+"""Each row of the outcome table, end to end, on both transports (the openai SDK directly, and
+litellm) over real sockets to the fault server.
 
 What is asserted is what the server saw (request counts) and what the route recorded.
 """
@@ -16,6 +17,7 @@ from router.testing import faults
 from .conftest import TEST_KEY, closed_port, remote
 
 HI = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 
 
 def outcomes(resp_or_error) -> list[tuple[str, str]]:

@@ -106,6 +106,7 @@ def test_a_silent_provider_is_given_up_on_at_the_deadline_not_before(server, mak
     assert server.count("mute") == 1
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_three_hundred_calls_with_tiny_deadlines_keep_clients_and_descriptors_fixed(server, make_router):
     from router.targets.remote import litellm_module
 
@@ -127,6 +128,7 @@ def test_three_hundred_calls_with_tiny_deadlines_keep_clients_and_descriptors_fi
     assert server.count("fast") == 301
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_async_calls_with_tiny_deadlines_reuse_one_client_per_loop(server, make_router):
     from router.targets.remote import litellm_module
 
@@ -270,6 +272,7 @@ def stream_threads() -> int:
     return sum(1 for t in threading.enumerate() if t.name == "router-stream")
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_stalled_sync_streams_end_their_threads_and_close_their_sockets_at_once(server, make_router):
     server.script("stall", faults.stream("one two three four five six", stall_after=2))
     router = make_router({"primary": remote(server, "stall", stream_idle_timeout=0.3, timeout=30)},
@@ -299,6 +302,7 @@ def test_stalled_sync_streams_end_their_threads_and_close_their_sockets_at_once(
     assert server.count("stall") == 8
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 @pytest.mark.parametrize("how", ["close", "abandon"])
 def test_a_sync_stream_closed_or_dropped_mid_answer_closes_its_connection_now(server, make_router, how):
     server.script("slow", faults.stream("one two three four five six seven", token_delay=4.0))

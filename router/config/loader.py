@@ -26,7 +26,7 @@ from ..observe.redact import Secret
 from ..request import ROUTER_OWNED_PARAMS, check_params
 from .strict_yaml import load_yaml
 from .schema import (MID_STREAM_CHOICES, MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
-                     RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
+                     LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 
@@ -191,6 +191,7 @@ class _Loader:
                                   base.rate_limit),
             degraded=self.value(data.get("degraded", False), f"{path}.degraded", bool),
             prefill=self.value(data["prefill"], f"{path}.prefill", bool) if "prefill" in data else None,
+            transport=self.transport(data, model, provider, f"{path}.transport"),
             context_window=context_window,
             params={**base.params, **self.params(data.get("params", {}), f"{path}.params")},
             local=local,
@@ -272,6 +273,22 @@ class _Loader:
             except InvalidRequest as exc:
                 raise self.error(f"{path}.{key}", str(exc)) from None
         return data
+
+    def transport(self, data: Mapping[str, Any], model: str | None, provider: str, path: str) -> str | None:
+        """`openai` by default for an `openai/...` model, else `litellm`; never `openai` for
+        a model that needs litellm's translation."""
+        if provider != "litellm":
+            if "transport" in data:
+                raise self.error(path, f"only remote targets have a transport; a {provider} target has none")
+            return None
+        if "transport" not in data:
+            return OPENAI if speaks_openai(model) else LITELLM
+        transport = self.choice(data["transport"], path, TRANSPORTS)
+        if transport == OPENAI and not speaks_openai(model):
+            raise self.error(path, f"transport openai needs an OpenAI-compatible model string (openai/<model>, "
+                                   f"with or without api_base), got {model!r}: its provider needs litellm's "
+                                   f"translation (transport: litellm)")
+        return transport
 
     def choice(self, raw: Any, path: str, choices: tuple[str, ...]) -> str:
         if raw not in choices:

@@ -29,6 +29,17 @@ def _at_least(n: float) -> dict[str, Any]:
 
 _DURATION: dict[str, Any] = {"min": 0.0, "max": MAX_DURATION_S}
 
+# How a remote target is called (targets/remote.py): the openai SDK directly, or litellm.
+OPENAI, LITELLM = "openai", "litellm"
+TRANSPORTS = (OPENAI, LITELLM)
+
+
+def speaks_openai(model: str | None) -> bool:
+    """Whether litellm would send `model` to the OpenAI SDK unchanged (provider "openai",
+    with or without api_base): then the SDK can be called directly, with no translation.
+    Judged from the string alone, so that deciding never imports litellm."""
+    return bool(model) and model.startswith("openai/") and len(model) > len("openai/")
+
 
 @dataclass(frozen=True)
 class RetryBudgetPolicy:
@@ -129,6 +140,7 @@ class TargetConfig:
     stream_idle_timeout: float | None = None  # streams: no gap between chunks may be longer
     rate_limit: RateLimitPolicy = RateLimitPolicy()  # client-side pacing and learned provider limits
     prefill: bool | None = None  # accepts an assistant prefill (continues a broken stream); None: litellm's model info
+    transport: str | None = None  # remote targets: "openai" (the SDK directly) or "litellm"; None for the others
     local: LocalOptions | None = None
     cache: CacheOptions | None = None
     disabled: str | None = None  # why this target is out of every chain

@@ -1,4 +1,8 @@
-"""Remote providers, all through litellm.
+"""Remote providers: the target that picks its transport, and the litellm transport.
+
+A target's `transport` (config/schema.py) is `openai` for a model litellm would hand to
+the OpenAI SDK unchanged: then openai_transport.py calls the SDK directly and litellm is
+never imported; every other provider goes through litellm, here.
 
 litellm is imported off `import router`: it takes seconds to import (2-11 s on this
 busy 2-core machine) and, unless told otherwise, downloads a price list while doing so.
@@ -18,15 +22,19 @@ import os
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .prefill import continuation_params, prefill_messages
-from ..config.schema import TargetConfig
+from ..config.schema import OPENAI, TargetConfig
 from ..request import Request, estimated_tokens
 from ..outcomes import Outcome, TargetFailure
 from ..response import response_of
 from . import Note, Target
+from .openai_transport import OpenAITransport, is_warm as openai_is_warm, warm_openai
 from .sdk_clients import SdkClients
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 _litellm: Any = None
 _import_lock = threading.Lock()
@@ -87,6 +95,15 @@ def warm_litellm_in_background() -> None:
         threading.Thread(target=warm_litellm, daemon=True, name="router-warm-litellm").start()
 
 
+def warm_in_background(transports: set[str | None]) -> None:
+    """Load the libraries of these transports in daemon threads: litellm only when a
+    target uses it; the openai SDK (~0.5 s) for the others."""
+    if OPENAI in transports and not openai_is_warm():
+        threading.Thread(target=warm_openai, daemon=True, name="router-warm-openai").start()
+    if transports - {OPENAI}:
+        warm_litellm_in_background()
+
+
 def model_streams_usage(model: str) -> bool:
     """Whether litellm passes `stream_options` on to `model`'s provider (OpenAI and the
     OpenAI-compatible ones do; Anthropic, Gemini, Ollama are not asked)."""
@@ -134,15 +151,21 @@ UNKNOWN_ANTHROPIC_MAX_TOKENS = 4096
 
 
 class RemoteTarget(Target):
-    """One provider + model reached with `litellm.completion`."""
+    """One provider + model, reached with `litellm.completion` or, for `transport: openai`,
+    with the openai SDK directly (openai_transport.py)."""
 
-    streams_async = True  # litellm's acompletion(stream=True)
+    streams_async = True  # litellm's acompletion(stream=True), the SDK's AsyncStream
 
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self._prefill: bool | None = config.prefill
         self._provider_name: str | None = None
         self._output_limit: int | None = None  # litellm's max_output_tokens (0: it does not know)
+        self._direct: OpenAITransport | None = None
+        if config.transport == OPENAI:
+            self._direct = OpenAITransport(config)
+            if self._prefill is None:  # litellm's model info is not asked: it would import litellm
+                self._prefill = False
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
@@ -170,19 +193,29 @@ class RemoteTarget(Target):
         return self._streams_usage
 
     def ready(self) -> None:
-        """Block until litellm is imported and warm: call before an attempt's clock starts."""
-        warm_litellm()
+        """Block until its library is imported and warm: call before an attempt's clock starts."""
+        if self._direct is not None:
+            warm_openai()
+        else:
+            warm_litellm()
 
     async def aready(self) -> None:
-        if not _warm.is_set():
+        if self._direct is not None:
+            if not openai_is_warm():
+                await asyncio.to_thread(warm_openai)
+        elif not _warm.is_set():
             await asyncio.to_thread(warm_litellm)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        if self._direct is not None:
+            return self._direct.complete(*self._messages_and_params(request), timeout)
         litellm = litellm_module()
         raw = litellm.completion(**self._arguments(request, timeout, self._clients.sync()))
         return _answer(raw)
 
     async def acomplete(self, request: Request, *, timeout: float, note: Note) -> Response:
+        if self._direct is not None:
+            return await self._direct.acomplete(*self._messages_and_params(request), timeout)
         litellm = litellm_module()
         raw = await litellm.acompletion(**self._arguments(request, timeout, self._clients.for_running_loop()))
         return _answer(raw)
@@ -191,11 +224,15 @@ class RemoteTarget(Target):
         """litellm's chunks; `timeout` bounds each read, the router times the gaps. The
         result's `abort()` closes the connection from another thread (streaming/sources.py).
         `partial`: continue that answer, sent as an assistant prefill."""
+        if self._direct is not None:
+            return self._direct.stream(*self._messages_and_params(request, partial), timeout)
         litellm = litellm_module()
         return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),
                                                                                  partial)), self._stripped(partial))
 
     async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
+        if self._direct is not None:
+            return await self._direct.astream(*self._messages_and_params(request, partial), timeout)
         litellm = litellm_module()
         chunks = await litellm.acompletion(stream=True, **self._arguments(request, timeout,
                                                                           self._clients.for_running_loop(), partial))
@@ -231,23 +268,28 @@ class RemoteTarget(Target):
                 self._provider_name = ""
         return self._provider_name
 
-    def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
-        own = {"client": client} if client is not None else {}
+    def _messages_and_params(self, request: Request, partial: str = "") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """What is sent besides the target's own settings; `partial`: as a continuation of it."""
         params = {**self.config.params, **request.params}
-        if not any(key in params for key in ("max_tokens", "max_completion_tokens")) and self._unknown_anthropic():
-            params["max_tokens"] = UNKNOWN_ANTHROPIC_MAX_TOKENS
-        if request.stream and "stream_options" not in params and self._asks_usage():
-            # the stream's final usage settles its rate limit's token estimate (streaming/reading.py
-            # keeps that chunk from a caller who did not ask for it)
-            params["stream_options"] = {"include_usage": True}
         messages = request.messages
         if partial:
             messages = prefill_messages(messages, partial)
             params = continuation_params(params, estimated_tokens(len(partial)))
+        return messages, params
+
+    def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
+        own = {"client": client} if client is not None else {}
+        messages, params = self._messages_and_params(request, partial)
+        if not any(key in params for key in ("max_tokens", "max_completion_tokens")) and self._unknown_anthropic():
+            params["max_tokens"] = UNKNOWN_ANTHROPIC_MAX_TOKENS
+        if request.stream and "stream_options" not in params and self._asks_usage():
+            # the stream's final usage settles its rate limit's token estimate (streaming/reading.py
+            # keeps that chunk from a caller who did not ask for it); the openai transport asks itself
+            params["stream_options"] = {"include_usage": True}
         return {"messages": messages, "timeout": timeout, **params, **self._fixed, **own}
 
     def __repr__(self) -> str:
-        return f"RemoteTarget({self.config.name!r}, model={self.config.model!r})"
+        return f"RemoteTarget({self.config.name!r}, model={self.config.model!r}, transport={self.config.transport!r})"
 
 
 class AbortableChunks:

@@ -45,6 +45,7 @@ def most_in_window(times: list[float], window: float) -> int:
 # -- the fault server's provider-side limit ---------------------------------------------------
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_the_fault_server_answers_429_beyond_n_requests_per_sliding_window_with_headers(server, make_router):
     server.script("p", faults.limited(2, 0.5))
     router = make_router({"primary": "p"}, defaults={"retry": ONE_TRY})
@@ -195,6 +196,7 @@ def test_a_stream_takes_room_like_a_plain_call(server, make_router):
 # -- learned from the provider ----------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_limits_learned_from_headers_hold_calls_back_with_no_rate_limit_configured(server, make_router):
     server.script("p", faults.limited(3, 2.0))
     router = make_router({"primary": "p", "secondary": "s"}, defaults={"rate_limit": {"max_wait": 0}})
@@ -205,6 +207,7 @@ def test_limits_learned_from_headers_hold_calls_back_with_no_rate_limit_configur
     assert learned["limit"] == 3 and learned["remaining"] < 1
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_anthropics_rate_limit_headers_are_learned_too(server, make_router):
     reset = (datetime.now(timezone.utc) + timedelta(seconds=3)).isoformat().replace("+00:00", "Z")
     server.script("p", faults.ok(headers={"anthropic-ratelimit-requests-limit": "50",
@@ -219,6 +222,7 @@ def test_anthropics_rate_limit_headers_are_learned_too(server, make_router):
     assert server.count("p") == 1
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_a_429_pauses_the_target_until_its_retry_after(server, make_router):
     server.script("p", faults.status(429, retry_after=1), faults.ok())
     router = make_router({"primary": "p", "secondary": "s"},
@@ -233,6 +237,7 @@ def test_a_429_pauses_the_target_until_its_retry_after(server, make_router):
     assert router.complete(HI).route.served_by == "primary"
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_a_bare_429_is_learned_too_without_headers(server, make_router):
     server.script("p", faults.limited(2, 5, headers=False))
     router = make_router({"primary": "p", "secondary": "s"},

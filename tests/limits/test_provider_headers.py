@@ -40,6 +40,7 @@ def test_http_date_form():
     assert retry_after_seconds({"Retry-After": formatdate(now - 30, usegmt=True)}, now=now) == 0.0
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_retry_after_as_an_http_date_over_http(server, make_router):
     server.script("p", faults.status(429, retry_after=formatdate(time.time() + 2, usegmt=True)), faults.ok())
     resp = make_router({"primary": "p", "secondary": "s"}).complete(HI)
@@ -47,6 +48,7 @@ def test_retry_after_as_an_http_date_over_http(server, make_router):
     assert 0.5 < resp.route.attempts[1].waited_s <= 2.3  # an HTTP date has whole seconds
 
 
+@pytest.mark.usefixtures("transport")  # on both transports (conftest.py)
 def test_a_long_retry_after_takes_the_target_out_of_rotation(server, make_router):
     server.script("p", faults.status(429, retry_after=30))
     router = make_router({"primary": "p", "secondary": "s"})

@@ -25,6 +25,7 @@ from router.testing import faults
 from ..conftest import TEST_KEY, remote
 
 HI = [{"role": "user", "content": "Count to twelve in words."}]
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 TEXT = "one two three four five six seven eight nine ten eleven twelve."
 IDLE = 0.5  # stream_idle_timeout of the primary
 FIRST = 1.0  # first_token_timeout of the primary
@@ -310,7 +311,7 @@ FIRST_CALL = textwrap.dedent("""
     import router
     assert "litellm" not in sys.modules, "import router imported litellm"
     r = router.Router.from_dict({{
-        "targets": {{"p": {{"model": "openai/p", "api_base": "{url}", "api_key": "{key}",
+        "targets": {{"p": {{"model": "openai/p", "api_base": "{url}", "api_key": "{key}", "transport": "{transport}",
                             "timeout": 1, "first_token_timeout": 0.5, "retry": {{"attempts": 1}}}}}},
         "chains": {{"default": ["p"]}}}})
     hi = [{{"role": "user", "content": "hi"}}]
@@ -327,10 +328,11 @@ FIRST_CALL = textwrap.dedent("""
 
 
 @APIS
-def test_the_first_call_of_a_fresh_process_does_not_pay_the_litellm_import_on_its_clock(server, api):
+def test_the_first_call_of_a_fresh_process_does_not_pay_its_transports_import_on_its_clock(server, api, transport):
     server.script("p", faults.stream(TEXT))
     env = {**os.environ, "PYTHONPATH": str(REPO), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(url=server.url, key=TEST_KEY, api=api)],
+    script = FIRST_CALL.format(url=server.url, key=TEST_KEY, api=api, transport=transport)
+    out = subprocess.run([sys.executable, "-c", script],
                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith(f"{TEXT} ['ok']")

@@ -13,6 +13,7 @@ from router.testing import faults
 from ..conftest import remote
 
 HI = [{"role": "user", "content": "hi"}]
+pytestmark = pytest.mark.usefixtures("transport")  # every test on both transports (conftest.py)
 TEXT = "one two three four five six seven eight"
 
 
@@ -36,7 +37,11 @@ def test_a_healthy_stream(server, make_router):
     stream = router.complete(HI, stream=True)
     chunks = list(stream)
     assert "".join(c.text for c in chunks) == TEXT
-    assert chunks[0].choices[0].delta.role == "assistant" and chunks[-1].finish_reason == "stop"
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [i for i, c in enumerate(chunks) if c.finish_reason]
+    assert [chunks[i].finish_reason for i in finishes] == ["stop"]
+    # after the finish, only the usage chunk that stream_options.include_usage asks for
+    assert all(not c.choices and c.usage for c in chunks[finishes[0] + 1:])
     assert len({c.id for c in chunks}) == 1
     assert stream.route.served_by == "primary" and [a.outcome for a in stream.route.attempts] == ["ok"]
     assert server.requests("p")[0].body["stream"] is True
