@@ -23,7 +23,7 @@ from typing import Any
 
 from ..outcomes import Outcome
 from ..request import Request
-from ..response import Choice, Message, Response, Route, Usage
+from ..response import Response, Route
 
 # Per-call parameters that do not change what a model answers.
 NOT_SHAPING = frozenset({"user", "metadata", "stream_options", "extra_headers", "store", "service_tier",
@@ -59,22 +59,34 @@ def why_not_kept(request: Request, response: Response, route: Route, target_para
 
 
 def encode(response: Response) -> str:
-    """The answer as JSON text: what a replay needs, without usage or route."""
-    return json.dumps({
-        "id": response.id, "model": response.model, "created": response.created,
-        "choices": [{"index": c.index, "finish_reason": c.finish_reason,
-                     "message": {"role": c.message.role, "content": c.message.content,
-                                 "tool_calls": c.message.tool_calls}} for c in response.choices],
-    }, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    """The answer as JSON text, OpenAI-shaped (`Response.to_dict()`): what a replay needs,
+    without usage or route."""
+    data = response.to_dict()
+    for transient in ("route", "usage", "headers", "raw"):
+        data.pop(transient, None)
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
 
 
-def decode(payload: str) -> Response:
-    """A stored answer as a `Response`. Its usage is zero: serving it cost no tokens."""
-    data = json.loads(payload)
-    choices = [Choice(c["index"], Message(c["message"]["role"], c["message"]["content"], c["message"]["tool_calls"]),
-                      c["finish_reason"]) for c in data["choices"]]
-    return Response(id=data["id"], model=data["model"], choices=choices, usage=Usage(), created=data["created"],
-                    raw=data)
+class Unreadable(ValueError):
+    """A stored answer that is not one (bad JSON, not an answer's shape)."""
+
+
+def decode(payload: str | bytes) -> Response:
+    """A stored answer as a `Response` (`Response.from_openai`). Its usage is zero: serving it
+    cost no tokens. Text that is not an answer raises `Unreadable`."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not text
+        raise Unreadable(f"not JSON ({type(exc).__name__}: {exc})") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices or not isinstance(choices, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        raise Unreadable("JSON without an answer's choices")
+    data.pop("usage", None)
+    try:
+        return Response.from_openai(data)
+    except Exception as exc:  # whatever the answer type refuses
+        raise Unreadable(f"not an answer ({type(exc).__name__}: {exc})") from None
 
 
 def _canonical(value: Any) -> Any:
