@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from typing import Any
 
@@ -40,6 +41,8 @@ class _StreamCore:
         self.restarts = 0
         self.broken_at = 0  # index in route.attempts of the last break
         self.break_failure: Failure | None = None  # the last break, as recorded against its target
+        self.read_started = 0.0
+        self.longest_gap_s = 0.0  # of the stream being read: the longest wait for a read (router advise)
         if opened is not None:
             self.switch(opened)
 
@@ -56,6 +59,11 @@ class _StreamCore:
         assert self.opened is not None
         return self.opened.config.stream_idle_timeout or self.opened.config.timeout
 
+    def reading(self) -> float:
+        """A read of the source starts now: how long it may wait (its wait is measured)."""
+        self.read_started = time.perf_counter()
+        return self.idle_timeout
+
     def switch(self, opened: Opened, plan: Recovery | None = None) -> None:
         route = self.walk.route
         if self.opened is not None and plan is not None:
@@ -68,6 +76,7 @@ class _StreamCore:
                 model = opened.prelude[0].model if opened.prelude else ""
                 self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
+        self.longest_gap_s = 0.0
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
         route.degraded = route.degraded or opened.config.degraded
@@ -94,6 +103,7 @@ class _StreamCore:
     def received(self, raw: Any) -> Chunk | None:
         """One read from the source: the chunk to hand the caller, or None (the stream
         ended, or the chunk is not for the caller)."""
+        self.longest_gap_s = max(self.longest_gap_s, time.perf_counter() - self.read_started)
         if raw is END:
             self.ended()
             return None
@@ -104,7 +114,7 @@ class _StreamCore:
         if self.finish_reason is None:
             raise recovery.truncated()
         assert self.opened is not None
-        self.walk.succeeded(self.opened.member, self.opened.admission)
+        self.walk.succeeded(self.opened.member, self.opened.admission, longest_gap_s=self.longest_gap_s)
         self.walk.finish("ok")
         if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
             self.walk.answered(self.opened.config, answer_of(self.kept))
@@ -195,7 +205,7 @@ class Stream(_StreamShell):
             if opened is None:
                 raise StopIteration
             try:
-                chunk = core.received(opened.source.next(core.idle_timeout))
+                chunk = core.received(opened.source.next(core.reading()))
             except (KeyboardInterrupt, SystemExit):
                 self.close()
                 raise
@@ -245,7 +255,7 @@ class AsyncStream(_StreamShell):
             if opened is None:
                 raise StopAsyncIteration
             try:
-                chunk = core.received(await opened.source.anext(core.idle_timeout))
+                chunk = core.received(await opened.source.anext(core.reading()))
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 await self.aclose()
                 raise
