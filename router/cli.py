@@ -289,7 +289,7 @@ def _advise(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        log = read_logs(args.events, sys.stdin.buffer)
+        log = read_logs(args.events, sys.stdin.buffer if "-" in args.events else None)
     except OSError as exc:
         print(f"router: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
