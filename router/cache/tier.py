@@ -109,14 +109,7 @@ class AnswerCache:
             self._warned_unreadable = True
             log.warning("router: cache %r: a stored answer could not be read (%s); deleted and served as a "
                         "miss (further ones count in cache_stats(): this_process.unreadable)", self.name, why)
-
-        def delete() -> None:
-            self._write(lambda: self.store.delete(key, payload), 1)
-
-        if self.writer is None:
-            delete()
-        else:
-            self._queued(self.writer.submit(delete))
+        self._in_background(lambda: self.store.delete(key, payload))
         raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read ({why}); deleted")
 
     async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
@@ -152,13 +145,17 @@ class AnswerCache:
                 self._pending.pop(entry.key, None)
 
     def _touch(self, key: str, now: float) -> None:
-        def touch() -> None:
-            self._write(lambda: self.store.touch(key, now), 1)
+        self._in_background(lambda: self.store.touch(key, now))
+
+    def _in_background(self, write: Callable[[], None]) -> None:
+        """One write of one entry, off the call path where the store does I/O."""
+        def job() -> None:
+            self._write(write, 1)
 
         if self.writer is None:
-            touch()
+            job()
         else:
-            self._queued(self.writer.submit(touch))
+            self._queued(self.writer.submit(job))
 
     def _write(self, write: Callable[[], None], count: int) -> bool:
         """Run one write of `count` answers; a failure is counted and logged (once), never raised."""
