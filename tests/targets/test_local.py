@@ -136,6 +136,19 @@ def test_a_fresh_routers_first_local_call_with_timeout_1_answers(model_path):
     assert resp.route.attempts[0].latency_s < 1
 
 
+def test_by_default_one_thread_generates_and_evaluates_the_prompt(model_path):
+    """On a shared CPU, llama.cpp's threads wait on each other: 1 thread answered in 1.0 s
+    (3.7 s with a core spinning) where every core took 6.1 s (19.4 s); see local.py."""
+    raw = {"targets": {"local": {"provider": "llama_cpp", "model_path": str(model_path), "n_ctx": 992}},
+           "chains": {"default": ["local"]}}
+    defaults = config_from_dict(raw).targets["local"].local
+    with _pool_for(defaults, lambda _: None).slot(max_queue=0, deadline=Deadline(FAR)) as llm:
+        assert (llm.n_threads, llm.n_threads_batch) == (1, 1)
+    with _pool_for(target(model_path, n_ctx=992, n_threads=2).options, lambda _: None).slot(
+            max_queue=0, deadline=Deadline(FAR)) as llm:
+        assert (llm.n_threads, llm.n_threads_batch) == (2, 2)  # n_threads sets the prompt's threads too
+
+
 def test_list_content_parts_are_joined(model_path):
     notes = []
     parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"},
