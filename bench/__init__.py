@@ -24,6 +24,9 @@
   continuation on a prefill target vs a restart vs an uninterrupted stream: time to the
   last token as a ratio to the uninterrupted stream, and garbled answers (module
   ``streamrecovery``; its fault server runs in a thread of the benchmark's process).
+- ``otel``: what `router.otel.OpenTelemetryListener` adds to a happy-path call, with the
+  OpenTelemetry API alone (no SDK: no-ops) and with the SDK exporting to nowhere, next to
+  no listener; on real calls and on the router's own code alone.
 
 The scenarios that make HTTP calls talk to `router.testing.FaultServer` over real
 loopback HTTP, run in a separate process so that its request handling does not compete

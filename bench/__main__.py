@@ -1,6 +1,6 @@
 """``python -m bench [SCENARIO ...|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict]``
 
-SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache, streams (several may be given; default: all)."""
+SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache, streams, otel (several may be given; default: all)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 
 from .common import Report, machine, setup_environment
 
-SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet", "ratelimit", "cache", "streams")
+SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet", "ratelimit", "cache", "streams",
+             "otel")
 _MODULES = {"async": "asyncload", "streams": "streamrecovery"}  # scenario -> module of bench/, where the names differ
 
 

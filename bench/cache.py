@@ -76,11 +76,10 @@ def _isolated_costs(calls: int = 500) -> dict[str, float]:
     """Microseconds per step, alone: the caller's share (key + encoding), and one put per store."""
     from router.cache.policy import cache_key, encode
     from router.request import build_request
-    from router.response import Choice, Message, Response, Usage
+    from router.response import text_response
 
     request = build_request(PROMPTS[0], {"max_tokens": 16})
-    response = Response(id="x", model="m", usage=Usage(),
-                        choices=[Choice(0, Message("assistant", "Hello from the fault server."), "stop")])
+    response = text_response("Hello from the fault server.", id="x", model="m")
     started = time.perf_counter()
     for _ in range(calls):
         cache_key(request)

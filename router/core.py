@@ -12,23 +12,26 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .cache.tier import open_caches
 from .config import config_from_dict, load_config
 from .deadline import Deadline
 from .errors import InvalidRequest
 from .observe.events import Events, Listener, LoggingListener
+from .observe.metrics import PrometheusListener
 from .guards.guard import Guard
 from .state import build_guard
 from .observe.redact import Redactor
 from .request import build_request, check_deadline
-from .response import Response
 from .config.schema import ChainConfig, RouterConfig, TargetConfig
 from .state import build_state
 from .streaming import AsyncStream, Stream, stream_async, stream_sync
 from .targets import Target, build_target
 from .walk import Crew, Walk, walk_async, walk_sync
+
+if TYPE_CHECKING:
+    from .response import Response
 
 log = logging.getLogger("router")
 
@@ -49,7 +52,10 @@ class Router:
         self.config = config
         self._sleep = sleep
         self._async_sleep = async_sleep
-        self._events = Events([*_configured_listeners(config), *listeners])
+        every = [*_configured_listeners(config), *listeners]
+        self._events = Events(every)
+        for listener in every:
+            self._watched_by(listener)
         self._state = build_state(config.state, source=config.source)
         self._guards = {name: build_guard(target, self._state, self._circuit_changed)
                         for name, target in config.targets.items()}
@@ -123,7 +129,9 @@ class Router:
     # -- operators -------------------------------------------------------------------------
 
     def status(self) -> dict[str, dict[str, Any]]:
-        """Circuit state of every target, and why a target is out of rotation."""
+        """Per target: its circuit, why it is out of rotation, and why it is held back:
+        calls in flight and queued (bulkhead; `local`: the model pool), the rate limiter's
+        room, wait, learned limits and pause (`rate_limit`)."""
         report = {}
         for name, guard in self._guards.items():
             info = guard.status()
@@ -134,6 +142,9 @@ class Router:
                 info["disabled"] = "offline mode"
             if guard.misconfigured is not None:
                 info["misconfigured"] = guard.misconfigured
+            load = self._targets[name].load() if name in self._targets else None
+            if load is not None:
+                info["local"] = load
             report[name] = info
         return report
 
@@ -168,6 +179,12 @@ class Router:
     def add_listener(self, listener: Listener) -> None:
         """Also tell `listener` every event from now on."""
         self._events.add(listener)
+        self._watched_by(listener)
+
+    def _watched_by(self, listener: Listener) -> None:
+        """A Prometheus listener also exports `status()` as gauges, read at each scrape."""
+        if isinstance(listener, PrometheusListener):
+            listener.watch(self.status)
 
     def remove_listener(self, listener: Listener) -> None:
         self._events.remove(listener)
@@ -210,8 +227,6 @@ def _configured_listeners(config: RouterConfig) -> list[Listener]:
     if config.events.log != "off":
         listeners.append(LoggingListener(json=config.events.log == "json"))
     if config.events.metrics:
-        from .observe.metrics import PrometheusListener
-
         listeners.append(PrometheusListener())
     return listeners
 

@@ -15,6 +15,7 @@ them (importing litellm costs seconds; `import router` must stay fast).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import re
@@ -38,7 +39,7 @@ class Outcome(str, Enum):
     REJECTED = "rejected"  # 400, unsupported parameter
     CONTEXT_TOO_LONG = "context_too_long"
     CONTENT_POLICY = "content_policy"
-    MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL
+    MISCONFIGURED = "misconfigured"  # 401, 403, 404: wrong key, model or URL; 402, insufficient_quota: unpaid
     NO_CAPACITY = "no_capacity"  # a local queue or bulkhead is full
     THROTTLED = "throttled"  # its rate limit has no room within max_wait: nothing sent
     UNSENT = "unsent"  # failed in our process (the provider SDK's client side) before any request left
@@ -59,6 +60,7 @@ class Handling:
     counts: bool  # counts as a failure against the target's circuit (and its retry budget)
     fail_over: bool  # may the next target of the chain be tried
     open_for: float | None = None  # keep the target's circuit open this many seconds
+    hold_for: float | None = None  # skip the target without requests this long (or until force_close)
 
 
 HANDLING: Mapping[Outcome, Handling] = {
@@ -73,6 +75,7 @@ HANDLING: Mapping[Outcome, Handling] = {
     Outcome.CONTEXT_TOO_LONG: Handling(retry=False, counts=False, fail_over=True),
     # Another provider answering what one refused is rarely wanted: configurable per chain.
     Outcome.CONTENT_POLICY: Handling(retry=False, counts=False, fail_over=False),
+    # Flagged loudly (guards/guard.py); an account that cannot pay is skipped, see handle().
     Outcome.MISCONFIGURED: Handling(retry=False, counts=False, fail_over=True),
     Outcome.NO_CAPACITY: Handling(retry=False, counts=False, fail_over=True),
     # Our own rate limit (limits/limiter.py) found no room soon enough: nothing was sent.
@@ -99,11 +102,21 @@ class Failure:
     retry_after: float | None = None  # seconds the provider asked us to wait
     message: str = ""
     code: str | None = None  # the provider's own error code ("invalid_api_key", ...), when it sent one
+    reason: str | None = None  # why, when the outcome alone does not say (QUOTA)
 
     @property
     def handling(self) -> Handling:
         """The table's row, before the per-target conditions of `handle()`."""
         return HANDLING[self.outcome]
+
+
+# An account that cannot pay (402; OpenAI's 429 `insufficient_quota`) needs a person, not
+# backoff: it is `misconfigured` for this reason, and skipped without requests until
+# `force_close` or, to notice a topped-up account unattended, once every QUOTA_RECHECK_S.
+QUOTA = "quota or billing"
+QUOTA_RECHECK_S = 3600.0
+_QUOTA_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"}
+_QUOTA_MARKERS = ("exceeded your current quota", "credit balance is too low")  # OpenAI's, Anthropic's (a 400)
 
 
 def handle(failure: Failure, retry: RetryPolicy, chain: ChainConfig | None = None) -> Handling:
@@ -119,6 +132,9 @@ def handle(failure: Failure, retry: RetryPolicy, chain: ChainConfig | None = Non
             # out of rotation, for every caller sharing the circuit, until the provider said
             return Handling(False, row.counts, row.fail_over, open_for=after)
         return Handling(after is not None, row.counts, row.fail_over)
+    if outcome is Outcome.MISCONFIGURED and failure.reason == QUOTA:
+        # a request per call to an account that cannot pay only adds to the bill of errors
+        return Handling(row.retry, row.counts, row.fail_over, hold_for=QUOTA_RECHECK_S)
     if outcome is Outcome.CONTENT_POLICY and chain is not None and chain.on_content_policy == "fail_over":
         return Handling(row.retry, row.counts, True)
     return row
@@ -149,14 +165,12 @@ _RESET_NAMES = {"ConnectionResetError", "RemoteProtocolError", "ReadError", "Wri
                 "BrokenPipeError", "ConnectionAbortedError", "IncompleteRead"}
 _CONNECTION_WRAPPERS = {"APIConnectionError", "APITimeoutError", "Timeout"}
 _HTTP_STATUS_NAMES = {"HTTPStatusError", "APIStatusError"}
-_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+Exception - )?")
+_LITELLM_PREFIX = re.compile(r"^(?:litellm\.\w+: )+(?:\w+Error: )*(?:\w+(?:Exception|Error) - )?")
+_BYTES_LITERAL = re.compile(r"""^b(['"]).*\1$""", re.S)
 _CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context window",
                     "too many tokens", "prompt is too long")
 _POLICY_MARKERS = ("content_policy", "content policy", "safety system", "content_filter")
 _SDK_PATH = re.compile(r"[/\\](?:litellm|openai)[/\\]")
-# A provider's Retry-After is believed up to an hour: 1e12 s would overflow the clocks and
-# waits it feeds, and a circuit kept open for an hour re-checks the provider soon enough.
-MAX_RETRY_AFTER_S = 3600.0
 
 
 def classify(exc: BaseException, *, timeout_cut: bool = False) -> Failure:
@@ -195,11 +209,14 @@ def _classify(exc: BaseException) -> Failure:
     status = _status_of(chain)
     if status is None:
         return Failure(Outcome.TRANSIENT, exc, message=message)
+    # believed up to MAX_PROVIDER_WAIT_S (an hour: limits/provider_headers.py)
     retry_after = retry_after_seconds(_headers_of(chain)) if status == 429 else None
-    if retry_after is not None:
-        retry_after = min(retry_after, MAX_RETRY_AFTER_S)
+    code = _provider_code(chain)
+    if status == 402 or (400 <= status < 500 and (_QUOTA_CODES & _error_words(chain)
+                                                  or any(m in message.lower() for m in _QUOTA_MARKERS))):
+        return Failure(Outcome.MISCONFIGURED, exc, status=status, message=message, code=code, reason=QUOTA)
     return Failure(_outcome_of_status(status, names, message), exc, status=status, retry_after=retry_after,
-                   message=message, code=_provider_code(chain))
+                   message=message, code=code)
 
 
 def _outcome_of_status(status: int, names: set[str], message: str) -> Outcome:
@@ -271,16 +288,25 @@ def _status_of(chain: list[BaseException]) -> int | None:
 
 
 def _provider_code(chain: list[BaseException]) -> str | None:
+    """The provider's error code; not litellm's own (a status as a string, "429")."""
     for link in chain:
-        code = getattr(link, "code", None)
-        if isinstance(code, str) and code:
-            return code
-        body = getattr(link, "body", None)
-        inner = body.get("error", body) if isinstance(body, Mapping) else None
-        code = inner.get("code") if isinstance(inner, Mapping) else None
-        if isinstance(code, str) and code:
-            return code
+        for code in _error_fields(link, "code"):
+            if not code.isdigit():
+                return code
     return None
+
+
+def _error_words(chain: list[BaseException]) -> set[str]:
+    """Every error code and type anywhere in the chain (litellm's wrapper says
+    "throttling_error" where the provider's body said "insufficient_quota")."""
+    return {word for link in chain for field in ("code", "type") for word in _error_fields(link, field)}
+
+
+def _error_fields(link: BaseException, field: str) -> list[str]:
+    body = getattr(link, "body", None)
+    inner = body.get("error", body) if isinstance(body, Mapping) else None
+    found = [getattr(link, field, None), inner.get(field) if isinstance(inner, Mapping) else None]
+    return [value for value in found if isinstance(value, str) and value]
 
 
 def _headers_of(chain: list[BaseException]) -> Mapping[str, Any]:
@@ -304,10 +330,31 @@ def _provider_message(chain: list[BaseException]) -> str:
             if isinstance(message, str) and message:
                 return message.strip()
     message = _LITELLM_PREFIX.sub("", _plain_message(chain[0]))
+    message = _message_of_body(message) or message
     root = chain[-1]
     if isinstance(root, OSError) and root is not chain[0]:
         message += f" ({type(root).__name__}: {root})"  # "Connection error." alone says too little
     return message
+
+
+def _message_of_body(text: str) -> str | None:
+    """`error.message` of an error body quoted whole in an exception's text, as litellm
+    quotes Anthropic's (`{"type": "error", "error": {"type": ..., "message": ...}}`; from a
+    stream, as the repr of the bytes: `b'{...}'`), else None."""
+    if _BYTES_LITERAL.match(text):
+        try:
+            text = ast.literal_eval(text).decode("utf-8", "replace")
+        except (ValueError, SyntaxError, AttributeError):
+            return None
+    if not text.startswith("{"):
+        return None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    inner = body.get("error", body) if isinstance(body, Mapping) else None
+    message = inner.get("message") if isinstance(inner, Mapping) else None
+    return message.strip() if isinstance(message, str) and message.strip() else None
 
 
 def _plain_message(exc: BaseException) -> str:

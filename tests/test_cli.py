@@ -115,3 +115,28 @@ def test_status_shows_the_fleets_rate_limit_room_from_redis(tmp_path, server, re
     table = cli("status", "--config", str(config)).stdout
     primary = next(line for line in table.splitlines() if line.startswith("primary"))
     assert "rpm 6: room 1" in primary
+
+
+def test_python_dash_m_router_runs_the_cli():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    out = subprocess.run([sys.executable, "-m", "router", "--help"], capture_output=True, text=True, env=env,
+                         cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage: router" in out.stdout and "status" in out.stdout
+
+
+def test_status_json_shows_what_holds_each_target_back(tmp_path, server):
+    config = tmp_path / "config.yaml"
+    config.write_text(textwrap.dedent(f"""
+        targets:
+          primary: {{model: openai/p, api_base: "{server.url}", api_key: {TEST_KEY}, max_concurrency: 4,
+                     rate_limit: {{rpm: 60}}}}
+        chains:
+          default: [primary]
+    """))
+    out = subprocess.run([sys.executable, "-m", "router", "status", "--config", str(config), "--json"],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    primary = json.loads(out.stdout)["targets"]["primary"]
+    assert (primary["in_flight"], primary["queued"]) == (0, 0)
+    assert primary["rate_limit"]["wait_s"] == 0 and primary["rate_limit"]["room"]["requests"] == 1

@@ -140,7 +140,8 @@ def test_bulkhead_caps_calls_in_flight_and_fails_over_the_rest(server, make_rout
     refused = [a.route.attempts[0] for a in answers if a.route.served_by == "secondary"]
     assert {a.outcome for a in refused} == {"no_capacity"}
     assert "max_concurrency=2" in refused[0].detail
-    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10}
+    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10, "in_flight": 0,
+                                          "queued": 0}
 
 
 def test_bulkhead_queue_timeout_lets_callers_wait_for_a_slot(server, make_router):

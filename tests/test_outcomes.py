@@ -145,6 +145,53 @@ def test_misconfigured_target_is_flagged_loudly(server, make_router, caplog):
     assert router.status()["primary"]["misconfigured"] == "Incorrect API key provided."
 
 
+QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+
+
+@pytest.mark.parametrize("fault", [
+    faults.status(402, message=QUOTA_MESSAGE),
+    faults.status(429, message=QUOTA_MESSAGE, error_type="insufficient_quota", error_code="insufficient_quota"),
+    faults.status(400, message=f"{QUOTA_MESSAGE} Your credit balance is too low to access the API."),
+], ids=["402", "429-insufficient_quota", "400-credit-balance-too-low"])
+def test_an_account_that_cannot_pay_is_misconfigured_and_skipped_without_requests(server, make_router, caplog, fault):
+    server.script("p", fault)
+    router = make_router({"primary": "p", "secondary": "s"}, defaults={"retry": {"attempts": 3}})
+    with caplog.at_level("ERROR", logger="router"):
+        first = router.complete(HI)
+    assert [(a.target, a.outcome, a.status) for a in first.route.attempts] == [
+        ("primary", "misconfigured", fault.code), ("secondary", "ok", None)]
+    assert QUOTA_MESSAGE in first.route.attempts[0].detail  # the provider's own words
+    assert "quota or billing" in caplog.text and "'primary'" in caplog.text
+    status = router.status()["primary"]
+    assert status["misconfigured"] == f"quota or billing: {fault.message}"
+    assert status["state"] == "closed" and status["failures"] == 0 and 3500 < status["recheck_in_s"] <= 3600
+    for _ in range(3):
+        route = router.complete(HI).route
+        assert route.attempts[0].outcome == "misconfigured" and route.served_by == "secondary"
+        assert "quota or billing" in route.attempts[0].detail and "force_close" in route.attempts[0].detail
+    assert server.count("p") == 1  # one request found out; none since
+    router.force_close("primary")
+    assert "misconfigured" not in router.status()["primary"]
+    router.complete(HI)
+    assert server.count("p") == 2
+
+
+def test_an_unpaid_account_is_rechecked_after_quota_recheck_s(server, make_router):
+    from router.clock import SimulatedClock, simulated
+    from router.outcomes import QUOTA_RECHECK_S
+
+    server.script("p", faults.status(402), faults.ok())
+    router = make_router({"primary": "p", "secondary": "s"})
+    with simulated(SimulatedClock(1000.0)) as clock:
+        assert router.complete(HI).route.served_by == "secondary"
+        clock.advance(QUOTA_RECHECK_S - 1)
+        assert router.complete(HI).route.served_by == "secondary"
+        assert server.count("p") == 1
+        clock.advance(1)
+        assert router.complete(HI).route.served_by == "primary"
+    assert server.count("p") == 2
+
+
 def test_rejected_everywhere_surfaces_the_providers_error(server, make_router):
     server.script("p", faults.status(400, message="Unsupported parameter: 'foo'"))
     server.script("s", faults.status(400, message="Unknown field foo"))

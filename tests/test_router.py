@@ -210,12 +210,13 @@ def test_module_level_complete_uses_router_config(server, tmp_path, monkeypatch)
 
 def test_import_is_fast_offline_and_does_not_load_litellm():
     code = ("import sys, time; t = time.perf_counter(); import router; d = time.perf_counter() - t; "
-            "import json; print(json.dumps([d, [m for m in ('litellm', 'openai', 'httpx', 'llama_cpp') "
-            "if m in sys.modules]]))")
+            "import json; heavy = [m for m in ('litellm', 'openai', 'httpx', 'llama_cpp') if m in sys.modules]; "
+            "from openai.types.chat import ChatCompletion; "  # the answer types load on first use
+            "print(json.dumps([d, heavy, issubclass(router.Response, ChatCompletion)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PATH": "", "PYTHONPATH": ":".join(sys.path)})
-    seconds, heavy = json.loads(out.stdout)
-    assert heavy == []
+    seconds, heavy, sdk_type = json.loads(out.stdout)
+    assert heavy == [] and sdk_type
     assert seconds < 1.0  # 0.1-0.2 s measured here; generous for a loaded machine
 
 
@@ -257,4 +258,5 @@ def test_keyboard_interrupt_propagates_and_counts_against_nothing(server, make_r
     assert server.count("s") == 0  # not failed over: the caller is gone
     router._targets["primary"] = real
     assert router.complete(HI).route.served_by == "primary"  # its bulkhead slot came back
-    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10}
+    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10, "in_flight": 0,
+                                          "queued": 0}

@@ -46,16 +46,19 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .evidence import attempt_start, counts, gather, percentile, reached
 from ..clock import SimulatedClock, simulated
 from ..errors import RouterError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
-from ..response import Choice, Message, Response, Usage
+from ..response import text_response
 from ..config.schema import EventsConfig, RouterConfig, StateConfig, TargetConfig
 from ..targets import Target
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 _MESSAGES = [{"role": "user", "content": "replayed call"}]
 _NOT_REPLAYED = {Outcome.CANCELLED.value, Outcome.NO_CAPACITY.value, Outcome.DEADLINE.value}
@@ -144,8 +147,7 @@ class ReplayTarget(Target):
 
 
 def _answer(name: str) -> Response:
-    return Response(id="replay", model=name, usage=Usage(),
-                    choices=[Choice(0, Message("assistant", "replayed"), "stop")])
+    return text_response("replayed", id="replay", model=name)
 
 
 @dataclass(frozen=True)

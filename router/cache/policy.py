@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..outcomes import Outcome
 from ..request import Request
-from ..response import Response, Route
+from ..response import response_of
+
+if TYPE_CHECKING:
+    from ..response import Response, Route
 
 # Per-call parameters that do not change what a model answers.
 NOT_SHAPING = frozenset({"user", "metadata", "stream_options", "extra_headers", "store", "service_tier",
@@ -59,12 +62,9 @@ def why_not_kept(request: Request, response: Response, route: Route, target_para
 
 
 def encode(response: Response) -> str:
-    """The answer as JSON text, OpenAI-shaped (`Response.to_dict()`): what a replay needs,
-    without usage or route."""
-    data = response.to_dict()
-    for transient in ("route", "usage", "headers", "raw"):
-        data.pop(transient, None)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+    """The answer as JSON text: every OpenAI field the provider sent (tool calls, refusal,
+    reasoning, logprobs, system_fingerprint, ...) except usage; no route."""
+    return response.model_dump_json(exclude={"usage"}, exclude_unset=True, warnings=False)
 
 
 class Unreadable(ValueError):
@@ -73,7 +73,8 @@ class Unreadable(ValueError):
 
 def decode(payload: str | bytes) -> Response:
     """A stored answer as a `Response` (`Response.from_openai`). Its usage is zero: serving it
-    cost no tokens. Text that is not an answer raises `Unreadable`."""
+    cost no tokens. Entries written before answers were the SDK's types are a subset of this
+    shape and decode the same; text that is not an answer raises `Unreadable`."""
     try:
         data = json.loads(payload)
     except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not text
@@ -84,7 +85,7 @@ def decode(payload: str | bytes) -> Response:
         raise Unreadable("JSON without an answer's choices")
     data.pop("usage", None)
     try:
-        return Response.from_openai(data)
+        return response_of(data)
     except Exception as exc:  # whatever the answer type refuses
         raise Unreadable(f"not an answer ({type(exc).__name__}: {exc})") from None
 

@@ -21,16 +21,18 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
-from ..response import Response, Route
 from ..config.schema import ChainConfig, RouterConfig, TargetConfig
 from .policy import Unreadable, cache_key, decode, encode, why_not_kept
 from .stores import AnswerStore, Entry, MemoryStore, SqliteStore, Stored, UnreadableEntry
 from .writer import BackgroundWriter
+
+if TYPE_CHECKING:
+    from ..response import Response, Route
 
 log = logging.getLogger("router")
 

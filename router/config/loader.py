@@ -48,7 +48,7 @@ _TARGET_KEYS = tuple(f.name for f in fields(TargetConfig) if f.name not in ("nam
 _CACHE_OPTION_KEYS = tuple(f.name for f in fields(CacheOptions))
 _CACHE_TARGET_KEYS = ("provider", "degraded", "timeout", "breaker", *_CACHE_OPTION_KEYS)
 DEFAULT_CACHE_FILE = ".router-cache.sqlite"
-_CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream")
+_CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream", "max_recoveries")
 _ENV = re.compile(r"\$\{([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -245,8 +245,9 @@ class _Loader:
         policy = self.choice(data.get("on_content_policy", "propagate"), f"{path}.on_content_policy",
                              ("propagate", "fail_over"))
         mid_stream = self.choice(data.get("mid_stream", "continue"), f"{path}.mid_stream", MID_STREAM_CHOICES)
+        recoveries = self.number(data.get("max_recoveries", 3), f"{path}.max_recoveries", integer=True)
         return ChainConfig(name=name, targets=tuple(members), static_reply=static, on_content_policy=policy,
-                           mid_stream=mid_stream)
+                           mid_stream=mid_stream, max_recoveries=recoveries)
 
     def limits(self, data: Mapping[str, Any], path: str) -> dict[str, Any]:
         """The `_LIMITS` keys present in `data`, validated."""

@@ -19,8 +19,8 @@ from ..observe.redact import Secret
 MAX_DURATION_S = 86400.0
 
 # What a chain does with a stream that breaks after content (streaming/recovery.py).
-CONTINUE, RESTART, ERROR = "continue", "restart", "error"
-MID_STREAM_CHOICES = (CONTINUE, RESTART, ERROR)
+CONTINUE, RESTART, ERROR, AUTO = "continue", "restart", "error", "auto"
+MID_STREAM_CHOICES = (CONTINUE, RESTART, AUTO, ERROR)
 
 
 def _at_least(n: float) -> dict[str, Any]:
@@ -144,7 +144,8 @@ class ChainConfig:
     targets: tuple[str, ...]
     static_reply: str | None = None  # answered as served_by "static" when every target fails
     on_content_policy: str = "propagate"  # or "fail_over"
-    mid_stream: str = "continue"  # a stream broken after content: "continue", "restart" or "error" (streaming/recovery.py)
+    mid_stream: str = "continue"  # a stream broken after content: continue, restart, auto or error (streaming/recovery.py)
+    max_recoveries: int = 3  # continuations plus restarts of one stream; past it, StreamInterrupted
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,11 @@ class Bulkhead:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a slot."""
+        return len(self._waiters)
+
     def describe(self) -> str:
         return (f"{self._in_flight} calls in flight (max_concurrency={self.limit}, "
                 f"queue_timeout={self.queue_timeout:g} s)")

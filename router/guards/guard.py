@@ -16,16 +16,19 @@ never went out gives its permit back (`give_back`).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .. import clock
 from ..config.schema import TargetConfig
 from ..limits.buckets import Buckets, Cost
 from ..limits.limiter import Permit, RateLimiter, Refusal
-from ..outcomes import Failure, Handling, Outcome
-from ..response import Response
+from ..outcomes import QUOTA, Failure, Handling, Outcome
 from .bulkhead import Bulkhead
 from .circuit import Circuit, CircuitOpen, Ticket
 from .retry_budget import Budget
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 log = logging.getLogger("router")
 
@@ -41,7 +44,8 @@ class Guard:
         self.budget = budget
         self.bulkhead = bulkhead
         self.limiter = limiter if limiter is not None else RateLimiter(config.name, config.rate_limit, Buckets())
-        self.misconfigured: str | None = None  # why the target looks misconfigured (401/403/404)
+        self.misconfigured: str | None = None  # why the target looks misconfigured (401/403/404, quota)
+        self.held_until: float | None = None  # skipped without requests until then (an unpaid account)
 
     # -- the attempt protocol --------------------------------------------------------------
 
@@ -80,13 +84,17 @@ class Guard:
         if permit is not None:
             self.limiter.cancel(permit)
 
-    def succeeded(self, ticket: Ticket, permit: Permit | None, response: Response | None) -> None:
+    def succeeded(self, ticket: Ticket, permit: Permit | None, response: Response | None,
+                  tokens: int | None = None) -> None:
+        """`tokens`: what a stream used (its usage, or estimated from its text); a plain
+        answer's come from its `usage`."""
         self.bulkhead.release()
         self.circuit.succeeded(ticket)
         self.budget.succeeded()
         if permit is not None:
-            used = response.usage.total_tokens if response is not None else 0
-            self.limiter.answered(permit, used or None, response.headers if response is not None else None)
+            used = response.usage.total_tokens if response is not None and response.usage is not None else 0
+            self.limiter.answered(permit, tokens if tokens is not None else used or None,
+                                  response.headers if response is not None else None)
 
     def failed(self, ticket: Ticket, handling: Handling, failure: Failure, permit: Permit | None) -> None:
         """Act on the table's verdict: count it (circuit and budget) or not; keep the
@@ -103,13 +111,23 @@ class Guard:
             self.circuit.released(ticket)
         if handling.open_for is not None:
             self.circuit.open_for(handling.open_for)  # out of rotation, for every caller, until then
+        if handling.hold_for is not None:
+            self.held_until = clock.monotonic() + handling.hold_for
 
-    def released(self, ticket: Ticket, permit: Permit | None) -> None:
-        """Neither success nor failure (the request went out: its permit stays taken)."""
+    def held(self) -> str | None:
+        """Why the target is skipped without a request (an account that cannot pay), or None."""
+        if self.held_until is None or clock.monotonic() >= self.held_until:
+            return None
+        return (f"{self.misconfigured or QUOTA}; skipped until force_close or a recheck in "
+                f"{self.held_until - clock.monotonic():.0f} s")
+
+    def released(self, ticket: Ticket, permit: Permit | None, tokens: int | None = None) -> None:
+        """Neither success nor failure (the request went out: its permit stays taken, its
+        token estimate corrected to `tokens` when known)."""
         self.bulkhead.release()
         self.circuit.released(ticket)
         if permit is not None:
-            self.limiter.answered(permit, None, None)
+            self.limiter.answered(permit, tokens, None)
 
     def retry_refusal(self) -> str | None:
         """Why no retry should go now ("circuit_open", "budget_exhausted"), or None.
@@ -121,10 +139,17 @@ class Guard:
     # -- flags, status, controls -----------------------------------------------------------
 
     def flag_misconfigured(self, failure: Failure, detail: str) -> None:
-        """Loudly, once per distinct detail: a wrong key, model or URL is an operator's job."""
+        """Loudly, once per distinct detail: a wrong key, model or URL, an account that
+        cannot pay, is an operator's job."""
+        if failure.reason:
+            detail = f"{failure.reason}: {detail}"
         if self.misconfigured != detail:
-            advice = ("check its api_key, model and api_base" if self.config.is_remote else
-                      "check its model_path (`router models pull` fetches the default model)")
+            if failure.reason:
+                advice = "the account needs a person; no requests go to it until force_close or the recheck"
+            elif self.config.is_remote:
+                advice = "check its api_key, model and api_base"
+            else:
+                advice = "check its model_path (`router models pull` fetches the default model)"
             log.error("router: target %r looks misconfigured (%s%s): %s; %s", self.name,
                       type(failure.error).__name__, f" {failure.status}" if failure.status else "", detail, advice)
         self.misconfigured = detail
@@ -132,8 +157,12 @@ class Guard:
     def status(self) -> dict[str, Any]:
         info = self.circuit.status()
         info["retry_budget"] = round(self.budget.tokens, 2)
+        info["in_flight"] = self.bulkhead.in_flight  # calls to it now, in this process
+        info["queued"] = self.bulkhead.queued  # waiting for a bulkhead slot (max_concurrency)
+        if self.held() is not None:
+            info["recheck_in_s"] = round(self.held_until - clock.monotonic(), 1)  # type: ignore[operator]
         limiter = self.limiter.status()
-        if self.config.rate_limit.configured or len(limiter) > 1:  # configured, or it has learned something
+        if self.config.rate_limit.configured or limiter["waiters"] or len(limiter) > 2:  # configured, or learned
             info["rate_limit"] = limiter
         return info
 
@@ -141,5 +170,9 @@ class Guard:
         self.circuit.force_open()
 
     def force_close(self) -> None:
+        """Back into rotation now: the circuit closed, the flags and what the provider said
+        of its limits (learned limits, a pause after a 429) forgotten."""
         self.circuit.force_close()
+        self.limiter.forget()
         self.misconfigured = None
+        self.held_until = None

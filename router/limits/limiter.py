@@ -129,6 +129,7 @@ class RateLimiter:
         self._seq = 0
         self._learned_seq = 0
         self._sent = [0.0, 0.0]  # requests, tokens granted by this process
+        self._in_flight = [0.0, 0.0]  # requests, tokens granted and not yet settled
 
     # -- taking room ------------------------------------------------------------------
 
@@ -212,6 +213,8 @@ class RateLimiter:
         self._seq += 1
         self._sent[0] += cost.requests
         self._sent[1] += cost.tokens
+        self._in_flight[0] += cost.requests
+        self._in_flight[1] += cost.tokens
         self.learned.take(cost, now)
         return Permit(cost, self._seq, (self._sent[0], self._sent[1]), waited)
 
@@ -251,9 +254,8 @@ class RateLimiter:
 
     def answered(self, permit: Permit, tokens_used: int | None, headers: Mapping[str, Any] | None) -> None:
         """The attempt got an answer: correct the token estimate, learn the provider's limits."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         if tokens_used is not None and permit.cost.tokens != tokens_used:
             self.buckets.adjust_tokens(tokens_used - permit.cost.tokens)
         self.learn(permit, headers)
@@ -262,9 +264,8 @@ class RateLimiter:
                headers: Mapping[str, Any] | None = None) -> None:
         """The attempt failed after its request went out: the request counts, its token
         estimate does not (no answer, no tokens); a 429 pauses the target."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         if permit.cost.tokens:
             self.buckets.adjust_tokens(-permit.cost.tokens)
         self.learn(permit, headers)
@@ -276,9 +277,8 @@ class RateLimiter:
 
     def cancel(self, permit: Permit) -> None:
         """The attempt never went out: give back everything the permit took."""
-        if permit.settled:
+        if not self._settle(permit):
             return
-        permit.settled = True
         self.buckets.give_back(permit.cost)
         with self._lock:
             self._sent[0] -= permit.cost.requests
@@ -289,8 +289,21 @@ class RateLimiter:
                     limit.level += amount
             self._wake_head()
 
+    def _settle(self, permit: Permit) -> bool:
+        """Mark `permit` settled (no longer in flight); False if it already was."""
+        with self._lock:
+            if permit.settled:
+                return False
+            permit.settled = True
+            self._in_flight[0] -= permit.cost.requests
+            self._in_flight[1] -= permit.cost.tokens
+            return True
+
     def learn(self, permit: Permit, headers: Mapping[str, Any] | None) -> None:
-        """Take in the rate-limit headers of the answer to `permit`, unless newer ones came first."""
+        """Take in the rate-limit headers of the answer to `permit` (settled), unless newer
+        ones came first. What the provider may not have counted yet comes off what it says
+        remains: the other requests in flight (sent before this one, they may still be on
+        their way) or those sent after it, whichever is more."""
         limits = provider_limits(headers)
         if not limits:
             return
@@ -298,14 +311,23 @@ class RateLimiter:
             if permit.seq <= self._learned_seq:
                 return  # an older answer arriving late says less than the one already read
             self._learned_seq = permit.seq
-            since = Cost(self._sent[0] - permit.sent[0], self._sent[1] - permit.sent[1])
-            self.learned.learn(limits, since, self._clock())
+            uncounted = Cost(max(self._in_flight[0], self._sent[0] - permit.sent[0]),
+                             max(self._in_flight[1], self._sent[1] - permit.sent[1]))
+            self.learned.learn(limits, uncounted, self._clock())
+            self._wake_head()
+
+    def forget(self) -> None:
+        """Drop what the provider said (limits, a pause): the operator's `force_close`."""
+        with self._lock:
+            self.learned = LearnedLimits()
+            self._head_ready = 0.0
             self._wake_head()
 
     # -- reporting ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Room now, callers queued, the configured and learned limits."""
+        """Room now, callers queued, how long until the next request fits (`wait_s`), the
+        configured and learned limits, a pause."""
         now = self._clock()
         info: dict[str, Any] = {"waiters": len(self._queue)}
         if self.policy.rpm is not None:
@@ -315,6 +337,11 @@ class RateLimiter:
         room = self.buckets.room()
         if room:
             info["room"] = room
+        wait = max(self.learned.wait(Cost(1.0, 0.0), now), self._head_ready - now if self._queue else 0.0)
+        rates = self.buckets.rates.requests
+        if rates is not None and room.get("requests", 1.0) < 1.0:
+            wait = max(wait, (1.0 - room["requests"]) / rates[0])
+        info["wait_s"] = round(wait, 3)
         learned = {name: d for name, d in (("requests", self.learned.requests.describe(now)),
                                            ("tokens", self.learned.tokens.describe(now))) if d}
         if learned:
@@ -328,8 +355,10 @@ class RateLimiter:
         return info
 
 
-def estimate_cost(request: Request) -> Cost:
-    """One request, and its tokens: the prompt's characters / 4, plus max_tokens."""
+def estimate_cost(request: Request, completion_chars: int | None = None) -> Cost:
+    """One request, and its tokens: the prompt's characters / 4, plus max_tokens (before
+    the answer), or plus the answer's characters / 4 (`completion_chars`: a stream that
+    reported no usage)."""
     chars = 0
     for message in request.messages:
         content = message.get("content") if isinstance(message, Mapping) else None
@@ -337,6 +366,8 @@ def estimate_cost(request: Request) -> Cost:
             chars += len(content)
         elif isinstance(content, list):
             chars += sum(len(str(part.get("text", ""))) for part in content if isinstance(part, Mapping))
+    if completion_chars is not None:
+        return Cost(1.0, float(estimated_tokens(chars) + estimated_tokens(completion_chars)))
     completion = request.params.get("max_tokens") or request.params.get("max_completion_tokens") or 0
     if not isinstance(completion, (int, float)) or isinstance(completion, bool):
         completion = 0

@@ -9,6 +9,12 @@ What remains of its limits, on every answer (`provider_limits`): OpenAI's
 `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` and Anthropic's
 `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` (reset: an RFC 3339 time).
 litellm passes a provider's raw headers on with an `llm_provider-` prefix; both forms are read.
+
+Every wait or reset read here is believed up to `MAX_PROVIDER_WAIT_S` (an hour): a
+`Retry-After: 1e12`, a `x-ratelimit-reset-requests: 99999999h` or an anthropic reset in the
+year 9999 would otherwise hold a target back for millennia (and overflow the clocks and
+waits they feed); an hour re-checks the provider soon enough, and `force_close` forgets
+what was learned at once.
 """
 
 from __future__ import annotations
@@ -23,10 +29,23 @@ from typing import Any
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# The longest a provider's word holds a target back: a Retry-After, a learned reset, a pause.
+MAX_PROVIDER_WAIT_S = 3600.0
+
+
+def bounded_wait(seconds: float) -> float:
+    """`seconds` within 0 .. MAX_PROVIDER_WAIT_S."""
+    return min(max(0.0, seconds), MAX_PROVIDER_WAIT_S)
 
 
 def retry_after_seconds(headers: Mapping[str, Any], now: float | None = None) -> float | None:
-    """Seconds to wait according to the response headers, or None when they do not say."""
+    """Seconds to wait according to the response headers (at most MAX_PROVIDER_WAIT_S), or
+    None when they do not say."""
+    seconds = _retry_after(headers, now)
+    return None if seconds is None else bounded_wait(seconds)
+
+
+def _retry_after(headers: Mapping[str, Any], now: float | None) -> float | None:
     lower = {str(k).lower(): str(v).strip() for k, v in headers.items()} if headers else {}
     if "retry-after-ms" in lower:
         value = _number(lower["retry-after-ms"])
@@ -62,16 +81,16 @@ def _number(text: str) -> float | None:
 
 
 def _duration(text: str) -> float | None:
-    """'1m30.5s' -> 90.5; a bare number is seconds."""
+    """'1m30.5s' -> 90.5; a bare number is seconds; at most MAX_PROVIDER_WAIT_S."""
     if not text:
         return None
     plain = _number(text)
     if plain is not None:
-        return max(0.0, plain)
+        return bounded_wait(plain)
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         return None
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    return bounded_wait(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
 _PROVIDER_PREFIX = "llm_provider-"
@@ -114,8 +133,10 @@ def provider_limits(headers: Mapping[str, Any] | None, now: float | None = None)
 def _allowance(lower: Mapping[str, str], kind: str, now: float | None) -> Allowance | None:
     remaining = _number(lower.get(f"x-ratelimit-remaining-{kind}", ""))
     if remaining is not None:
-        return Allowance(max(0.0, remaining), _duration(lower.get(f"x-ratelimit-reset-{kind}", "")),
-                         _number(lower.get(f"x-ratelimit-limit-{kind}", "")))
+        reset = _duration(lower.get(f"x-ratelimit-reset-{kind}", ""))
+        if reset is None:  # litellm copies Anthropic's limit and remaining into x-ratelimit-*, not its reset
+            reset = _moment(lower.get(f"anthropic-ratelimit-{kind}-reset", ""), now)
+        return Allowance(max(0.0, remaining), reset, _number(lower.get(f"x-ratelimit-limit-{kind}", "")))
     remaining = _number(lower.get(f"anthropic-ratelimit-{kind}-remaining", ""))
     if remaining is not None:
         return Allowance(max(0.0, remaining), _moment(lower.get(f"anthropic-ratelimit-{kind}-reset", ""), now),
@@ -124,11 +145,11 @@ def _allowance(lower: Mapping[str, str], kind: str, now: float | None) -> Allowa
 
 
 def _moment(text: str, now: float | None) -> float | None:
-    """Seconds until an RFC 3339 time such as 2024-01-01T00:00:30Z."""
+    """Seconds until an RFC 3339 time such as 2024-01-01T00:00:30Z (at most MAX_PROVIDER_WAIT_S)."""
     if not text:
         return None
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError):
         return _duration(text)
-    return max(0.0, moment - (time.time() if now is None else now))
+    return bounded_wait(moment - (time.time() if now is None else now))

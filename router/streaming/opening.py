@@ -11,15 +11,18 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from ..deadline import Deadline
 from ..outcomes import Outcome, TargetFailure
-from ..response import Chunk
+from ..response import chunk_of
 from ..config.schema import TargetConfig
 from .sources import END, AsyncSource, Stalled, ThreadedSource
 from ..walk import Admission, Member, Walk, Won, chain_async, chain_sync
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 
 @dataclass
@@ -36,8 +39,11 @@ class Opened:
         return self.member.config
 
 
-def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> Opened | None:
+def open_sync(walk: Walk, members: Iterable[Member], plan: recovery.Recovery | None = None) -> Opened | None:
+    """Open a stream on the first of `members` that reaches content; `plan`: the recovery
+    of a broken one (what each target is sent as a prefill)."""
     def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        partial = plan.partial_for(member.config.name) if plan else ""
         source = ThreadedSource(lambda: _chunks(walk, member, admission, partial))
         try:
             prelude = _first_content_sync(_Prelude(walk, member, admission), source.next)
@@ -50,8 +56,9 @@ def open_sync(walk: Walk, members: Iterable[Member], partial: str = "") -> Opene
     return _opened(chain_sync(walk, members, attempt))
 
 
-async def open_async(walk: Walk, members: Iterable[Member], partial: str = "") -> Opened | None:
+async def open_async(walk: Walk, members: Iterable[Member], plan: recovery.Recovery | None = None) -> Opened | None:
     async def attempt(walk: Walk, member: Member, admission: Admission) -> tuple[Any, deque[Chunk]]:
+        partial = plan.partial_for(member.config.name) if plan else ""
         source = _async_source(walk, member, admission, partial)
         try:
             prelude = await _first_content_async(_Prelude(walk, member, admission), source.anext)
@@ -102,7 +109,7 @@ class _Prelude:
         """Hold `raw`; True once the held chunks carry content (or a finish)."""
         if raw is END:
             raise TargetFailure(Outcome.TRANSIENT, "the stream ended before any content")
-        chunk = Chunk.from_openai(raw)
+        chunk = chunk_of(raw)
         self.chunks.append(chunk)
         return carries_answer(chunk)
 

@@ -12,17 +12,21 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import recovery
 from ..errors import StreamInterrupted
 from ..outcomes import Failure
 from .recovery import Recovery
-from ..response import Chunk, ChunkChoice, Delta, Route, answer_of
-from ..config.schema import TargetConfig
+from ..response import Route, answer_of, chunk_of, text_chunk
+from ..config.schema import AUTO, CONTINUE, TargetConfig
 from .sources import END, Stalled
-from ..walk import Walk
+from ..walk import StreamEnd, Walk
 from .opening import Opened, carries_answer, open_async, open_sync
+from .tool_calls import ToolCallHold
+
+if TYPE_CHECKING:
+    from ..response import Chunk, Usage
 
 
 class _StreamCore:
@@ -35,14 +39,23 @@ class _StreamCore:
         self.parts: list[str] = []
         self.id = static.id if static else ""
         self.finish_reason: str | None = None
+        self.last: Chunk | None = None  # model and usage of the stream, for the `answer` event
         self.continued = False
         self.kept: list[Chunk] | None = [] if walk.keeps_answers else None  # for cache tiers
         self.closed = False  # by the caller: nothing more is delivered, held chunks included
         self.restarts = 0
+        self.recoveries = 0  # continuations plus restarts, bounded by the chain's max_recoveries
+        self.exhausted = False  # the last break came with no recovery left
+        self.out: deque[Chunk] = deque()  # delivered, not yet handed to the caller
+        # tool calls reach the caller whole where a break may be continued (tool_calls.py)
+        self.calls = ToolCallHold() if walk.chain.mid_stream in (CONTINUE, AUTO) else None
         self.broken_at = 0  # index in route.attempts of the last break
         self.break_failure: Failure | None = None  # the last break, as recorded against its target
         self.read_started = 0.0
         self.longest_gap_s = 0.0  # of the stream being read: the longest wait for a read (router advise)
+        self.usage: Usage | None = None  # the attempt's usage, when the stream reported it
+        self.sent_chars = 0  # characters the attempt streamed: its tokens when it reports no usage
+        self.shows_usage = _asks_usage(walk)  # the caller asked for the usage chunk itself
         if opened is not None:
             self.switch(opened)
 
@@ -68,15 +81,21 @@ class _StreamCore:
         route = self.walk.route
         if self.opened is not None and plan is not None:
             self.continued = True
-            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name,
-                                                       len(self.text)))
-            if plan.restarts:
+            self.recoveries += 1
+            sent = len(self.text)
+            route.notes.append(recovery.recovered_note(plan, opened.config.name, self.opened.config.name, sent))
+            restarts = plan.restarts_on(opened.config.name)
+            self.walk.stream_event("stream_resume", opened.config.name, sent, "restart" if restarts else "continue")
+            if restarts:
                 self.restarts += 1
                 self.parts = []
+                if self.calls is not None:
+                    self.calls.reset()
                 model = opened.prelude[0].model if opened.prelude else ""
                 self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
         self.longest_gap_s = 0.0
+        self.usage, self.sent_chars = None, 0
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
         route.degraded = route.degraded or opened.config.degraded
@@ -84,37 +103,53 @@ class _StreamCore:
         self.finish_reason = None
 
     def next_held(self) -> Chunk | None:
-        while self.prelude:
-            chunk = self.deliver(self.prelude.popleft())
-            if chunk is not None:
-                return chunk
-        return None
+        while not self.out and self.prelude:
+            self.deliver(self.prelude.popleft())
+        return self.out.popleft() if self.out else None
 
-    def deliver(self, chunk: Chunk) -> Chunk | None:
-        if self.continued and not chunk.restart and not carries_answer(chunk):
-            return None  # the continuation's own role chunk: the caller has had one
-        chunk.id = self.id or chunk.id
-        if self.kept is not None:
-            self.kept.append(chunk)
-        self.parts.append(chunk.text)
-        self.finish_reason = chunk.finish_reason or self.finish_reason
-        return chunk
+    def deliver(self, chunk: Chunk) -> None:
+        """Hand `chunk` on (to `out`), tool calls once whole (under continue and auto)."""
+        for whole in self.calls.feed(chunk) if self.calls is not None and not chunk.restart else (chunk,):
+            if self.continued and not whole.restart and not carries_answer(whole):
+                continue  # the continuation's own role chunk: the caller has had one
+            whole.id = self.id or whole.id
+            if self.kept is not None:
+                self.kept.append(whole)
+            self.parts.append(whole.text)
+            self.sent_chars += len(whole.text)
+            self.finish_reason = whole.finish_reason or self.finish_reason
+            self.out.append(whole)
 
     def received(self, raw: Any) -> Chunk | None:
         """One read from the source: the chunk to hand the caller, or None (the stream
-        ended, or the chunk is not for the caller)."""
+        ended, or nothing of it is for the caller yet)."""
         self.longest_gap_s = max(self.longest_gap_s, time.perf_counter() - self.read_started)
         if raw is END:
             self.ended()
             return None
-        return self.deliver(Chunk.from_openai(raw))
+        chunk = chunk_of(raw)
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+            if not chunk.choices and not self.shows_usage:  # asked for by the router, not the caller
+                if self.kept is not None:
+                    self.kept.append(chunk)
+                return None
+        self.deliver(chunk)
+        return self.out.popleft() if self.out else None
+
+    @property
+    def tokens(self) -> int:
+        """What the attempt being read used so far, for its rate limit."""
+        return self.walk.streamed_tokens(self.usage, self.sent_chars)
 
     def ended(self) -> None:
         """The source ran out: a success if it said it finished, else a truncation."""
         if self.finish_reason is None:
             raise recovery.truncated()
         assert self.opened is not None
-        self.walk.succeeded(self.opened.member, self.opened.admission, longest_gap_s=self.longest_gap_s)
+        self.walk.succeeded(self.opened.member, self.opened.admission, tokens=self.tokens,
+                            ended=StreamEnd(self.last, self.finish_reason, self.parts),
+                            longest_gap_s=self.longest_gap_s)
         self.walk.finish("ok")
         if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
             self.walk.answered(self.opened.config, answer_of(self.kept))
@@ -132,8 +167,15 @@ class _StreamCore:
             self.walk.note(broken)(note)
         self.break_failure = self.walk.stream_broke(self.opened.member, self.opened.admission, exc).failure
         self.broken_at = len(self.walk.route.attempts) - 1
-        return recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets, broken.name, self.text,
-                             self.walk.can_continue)
+        if self.calls is not None:
+            self.calls.drop()  # a call not yet whole is lost with the break; the caller never saw it
+        text = self.text
+        self.exhausted = self.recoveries >= self.walk.chain.max_recoveries
+        plan = None if self.exhausted else recovery.plan(self.walk.chain.mid_stream, self.walk.chain.targets,
+                                                         broken.name, text, self.walk.can_continue)
+        self.walk.stream_event("stream_break", broken.name, len(text),
+                               self.walk.chain.mid_stream if plan else "error", self.break_failure.outcome.value)
+        return plan
 
     def replace(self, plan: Recovery | None, replacement: Opened | None) -> None:
         """Go on with the `replacement` of the broken stream, or raise `StreamInterrupted`."""
@@ -147,22 +189,25 @@ class _StreamCore:
         """No target took the stream up: the real error is the break as recorded (a stall is
         `silent`, not the reader's bare `Stalled`), the message and the cause; what each
         target tried after it said is appended, as facts."""
-        self.walk.finish("failed")
+        self.walk.finish("failed", StreamInterrupted.__name__)
         text = self.text
         tried = [f"{a.target}: {a.outcome}" + (f" ({a.detail})" if a.detail else "")
                  for a in self.walk.route.attempts[self.broken_at + 1:]]
         then = f"; then {'; '.join(tried)}" if tried else ""
-        return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and no "
-                                 f"target could continue it: {self.walk.detail(failure.message)}{then}",
+        why = (f"it had been recovered max_recoveries ({self.recoveries}) times already" if self.exhausted
+               else "no target could continue it")
+        return StreamInterrupted(f"the stream from {broken.name} broke after {len(text)} characters and {why}: "
+                                 f"{self.walk.detail(failure.message)}{then}",
                                  partial_text=text, route=self.walk.route)
 
     def abandon(self) -> None:
         """The caller stopped reading: neither success nor failure."""
         self.closed = True
         self.prelude.clear()
+        self.out.clear()
         if self.opened is not None:
-            self.walk.released(self.opened.member, self.opened.admission, f"closed by the caller after "
-                                                                         f"{len(self.text)} characters")
+            self.walk.released(self.opened.member, self.opened.admission,
+                               f"closed by the caller after {len(self.text)} characters", self.tokens)
             self.opened = None
             self.walk.finish("cancelled")
 
@@ -219,7 +264,7 @@ class Stream(_StreamShell):
             # get the break as its implicit __context__ (classify reads that chain)
             opened.source.close()
             plan = core.broke(broke)
-            core.replace(plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan.partial))
+            core.replace(plan, plan and open_sync(core.walk, core.walk.members(plan.targets), plan))
         raise StopIteration
 
     def close(self) -> None:
@@ -267,8 +312,7 @@ class AsyncStream(_StreamShell):
                 continue
             await opened.source.aclose()  # recovered outside the except block: see Stream
             plan = core.broke(broke)
-            core.replace(plan, plan and await open_async(core.walk, core.walk.members(plan.targets),
-                                                                plan.partial))
+            core.replace(plan, plan and await open_async(core.walk, core.walk.members(plan.targets), plan))
         raise StopAsyncIteration
 
     async def aclose(self) -> None:
@@ -287,18 +331,31 @@ class AsyncStream(_StreamShell):
 # -- the entry points: open (opening.py), then read ------------------------------------
 
 def stream_sync(walk: Walk) -> Stream:
-    opened = open_sync(walk, walk.members())
-    return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    try:
+        opened = open_sync(walk, walk.members())
+        return Stream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled before the first content: the call is over all the same
+        raise
 
 
 async def stream_async(walk: Walk) -> AsyncStream:
-    opened = await open_async(walk, walk.members())
-    return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    try:
+        opened = await open_async(walk, walk.members())
+        return AsyncStream(_StreamCore(walk, opened) if opened else _static_core(walk))
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled before the first content: the call is over all the same
+        raise
+
+
+def _asks_usage(walk: Walk) -> bool:
+    """Whether the caller itself asked for the stream's usage chunk (`stream_options`)."""
+    options = walk.request.params.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def _static_core(walk: Walk) -> _StreamCore:
     response = walk.give_up()  # raises AllTargetsFailed unless the chain has a static reply
     text = response.choices[0].message.content
-    chunk = Chunk(id="static", model="static",
-                  choices=[ChunkChoice(0, Delta(role="assistant", content=text), finish_reason="stop")])
+    chunk = text_chunk(text or "", id="static", model="static", finish_reason="stop")
     return _StreamCore(walk, None, static=chunk)

@@ -17,7 +17,14 @@ nothing). After it, the caller already holds part of an answer, and the chain's
   restarted text the caller receives a marker chunk (`chunk.restart is True`, no text),
   `stream.restarts` counts restarts and `stream.text` holds only the restarted answer,
   so a UI can clear what it showed.
+- `auto`: continue on a target that can take the prefill, restart (with the marker) on
+  one that cannot; the broken target first, then the chain's later targets.
 - `error`: `StreamInterrupted` with `.partial_text` at once.
+
+Under `continue` and `auto`, tool calls reach the caller whole (tool_calls.py). Two bounds
+hold whatever the mode: a broken target is retried at most `retry.attempts` times per call
+over all its breaks (walk/decisions.py counts them), and one stream is recovered at most
+`max_recoveries` times (chain key, default 3); past it, `StreamInterrupted`.
 
 This module holds the decisions (which targets, which messages, what a break or a
 refusal is); the stream shells in streaming/ (opening.py, reading.py) do the I/O.
@@ -28,39 +35,52 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..config.schema import CONTINUE, ERROR, RESTART
+from ..config.schema import AUTO, CONTINUE, ERROR, RESTART
 from ..outcomes import Outcome, TargetFailure, classify
-from ..response import Chunk, ChunkChoice, Delta
+from ..response import text_chunk
 
+
+if TYPE_CHECKING:
+    from ..response import Chunk
 
 
 @dataclass(frozen=True)
 class Recovery:
-    """How one break is recovered: `mode`, the `partial` answer a continuation prefills
-    ("" for a restart), and the targets to ask, in order (the broken one first)."""
+    """How one break is recovered: the `partial` answer a continuation prefills, the
+    targets to ask, in order (the broken one first), and which of them continue it (the
+    others restart it, announced by the marker)."""
 
-    mode: str
     partial: str
     targets: tuple[str, ...]
+    continuing: frozenset[str]
 
-    @property
-    def restarts(self) -> bool:
-        return self.mode == RESTART
+    def partial_for(self, target: str) -> str:
+        """What `target` is sent as the assistant prefill ("" for a restart, or nothing sent yet)."""
+        return self.partial if target in self.continuing else ""
+
+    def restarts_on(self, target: str) -> bool:
+        return target not in self.continuing
 
 
 def plan(mid_stream: str, chain: Sequence[str], broken: str, partial: str,
          can_continue: Callable[[str], bool]) -> Recovery | None:
     """The recovery for a stream of `chain` that `broken` broke after sending `partial`;
     None when the chain says `error`. Targets before the broken one already failed this
-    call; the broken one itself comes first (its retry policy decides whether it may)."""
+    call; the broken one itself comes first (its retry policy decides whether it may).
+    With no text sent yet (the caller holds only whole tool calls, or nothing), continuing
+    is the plain request, which every target can take."""
     if mid_stream == ERROR:
         return None
     names = tuple(chain[list(chain).index(broken):])
     if mid_stream == RESTART:
-        return Recovery(RESTART, "", names)
-    return Recovery(CONTINUE, partial, tuple(name for name in names if can_continue(name)))
+        return Recovery("", names, frozenset())
+    able = frozenset(name for name in names if not partial or can_continue(name))
+    if mid_stream == AUTO:
+        return Recovery(partial, names, able)
+    assert mid_stream == CONTINUE
+    return Recovery(partial, tuple(name for name in names if name in able), able)
 
 
 def stalled(idle_timeout: float) -> TargetFailure:
@@ -122,12 +142,11 @@ def explain(exc: BaseException, partial: str) -> BaseException:
 def restart_marker(stream_id: str, model: str) -> Chunk:
     """The chunk that announces a restart: no text, `restart=True`. Everything the caller
     received before it belongs to an answer that was abandoned."""
-    return Chunk(id=stream_id, model=model, restart=True,
-                 choices=[ChunkChoice(0, Delta(role="assistant", content=""))])
+    return text_chunk("", id=stream_id, model=model, restart=True)
 
 
 def recovered_note(recovery: Recovery, target: str, broken: str, sent: int) -> str:
     """The route note for a stream picked up by `target`."""
-    if recovery.restarts:
+    if recovery.restarts_on(target):
         return f"{target}: restarted the stream after {broken} broke at {sent} characters"
     return f"{target}: continued the stream after {broken} broke at {sent} characters"

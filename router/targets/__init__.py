@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..request import Request
-from ..response import Response
 from ..config.schema import TargetConfig
 
 if TYPE_CHECKING:
     from ..cache.tier import AnswerCaches
+    from ..response import Response
 
 Note = Callable[[str], None]
 
@@ -60,6 +60,11 @@ class Target(Protocol):
 
     async def aready(self) -> None:
         """`ready` for asyncio, without blocking the event loop."""
+
+    def load(self) -> dict[str, int] | None:
+        """Calls running and waiting in the target's own queue (the local tier's model pool:
+        `{"running", "waiting", "pool_size"}`), for `Router.status()`; None: it has none."""
+        return None
 
     def refused_prefill(self) -> None:
         """It answered a continuation's assistant prefill with a 400: stop offering to

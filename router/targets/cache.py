@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..cache.tier import AnswerCache
 from ..request import Request
-from ..response import Response
 from ..config.schema import TargetConfig
 from . import Note, Target
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 WORDS_PER_CHUNK = 8
 _WORDS = re.compile(r"\S+\s*|\s+")
@@ -60,19 +62,29 @@ class CacheTarget(Target):
 
 
 def replay(response: Response) -> Iterator[dict[str, Any]]:
-    """`response` as OpenAI-style chunk dicts."""
+    """`response` as OpenAI-style chunk dicts: what `answer_of` joins back into the same
+    answer (reasoning, refusal, tool calls each whole, logprobs with the finish)."""
     head = {"id": response.id, "model": response.model, "created": response.created,
-            "object": "chat.completion.chunk"}
+            "object": "chat.completion.chunk",
+            **{k: getattr(response, k) for k in ("system_fingerprint", "service_tier") if getattr(response, k)}}
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}]}
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None,
+              logprobs: Any = None) -> dict[str, Any]:
+        choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs.model_dump()
+        return {**head, "choices": [choice]}
 
     for choice in response.choices:
-        yield chunk(choice.index, {"role": choice.message.role})
-        words = _WORDS.findall(choice.message.content or "")
+        message = choice.message
+        yield chunk(choice.index, {"role": message.role})
+        for name in ("reasoning_content", "refusal"):
+            if getattr(message, name, None):
+                yield chunk(choice.index, {name: getattr(message, name)})
+        words = _WORDS.findall(message.content or "")
         for i in range(0, len(words), WORDS_PER_CHUNK):
             yield chunk(choice.index, {"content": "".join(words[i:i + WORDS_PER_CHUNK])})
-        if choice.message.tool_calls:
-            calls = [{"index": i, **call} for i, call in enumerate(choice.message.tool_calls)]
+        if message.tool_calls:
+            calls = [{"index": i, **call.model_dump(exclude_none=True)} for i, call in enumerate(message.tool_calls)]
             yield chunk(choice.index, {"tool_calls": calls})
-        yield chunk(choice.index, {}, choice.finish_reason)
+        yield chunk(choice.index, {}, choice.finish_reason, choice.logprobs)

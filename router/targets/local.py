@@ -50,7 +50,7 @@ from ..models import ModelFileError, verify_model_file
 from ..outcomes import Outcome, TargetFailure
 from .prefill import continuation_params
 from ..request import Request
-from ..response import Response
+from ..response import response_of
 from . import Note, Target
 from .local_call import CancellableChunks, LocalCall, WorkerThreads, stoppable_llama_class
 
@@ -108,7 +108,7 @@ class LocalTarget(Target):
     def _complete(self, request: Request, call: LocalCall, note: Note) -> Response:
         with self._borrow(request, call, note) as (llm, pool, messages, params):
             result = llm.create_chat_completion(messages=messages, **params)
-        response = Response.from_openai(result)
+        response = response_of(result)
         response.model = params["model"]
         return response
 

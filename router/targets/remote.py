@@ -24,7 +24,7 @@ from .prefill import continuation_params, prefill_messages
 from ..config.schema import TargetConfig
 from ..request import Request, estimated_tokens
 from ..outcomes import Outcome, TargetFailure
-from ..response import Response
+from ..response import response_of
 from . import Note, Target
 from .sdk_clients import SdkClients
 
@@ -96,16 +96,50 @@ def _warm_politely() -> None:
     warm_litellm()
 
 
-def model_supports_prefill(model: str) -> bool:
-    """litellm's model info `supports_assistant_prefill` for `model`; False for a model it
-    does not know (an OpenAI-compatible server's model, say)."""
-    litellm_module()
-    from litellm.utils import supports_assistant_prefill
-
+def model_streams_usage(model: str) -> bool:
+    """Whether litellm passes `stream_options` on to `model`'s provider (OpenAI and the
+    OpenAI-compatible ones do; Anthropic, Gemini, Ollama are not asked)."""
+    litellm = litellm_module()
     try:
-        return bool(supports_assistant_prefill(model=model))
-    except Exception:  # unknown model or provider: litellm raises rather than answers
+        name, provider, _, _ = litellm.get_llm_provider(model)
+        supported = litellm.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # unknown model or provider: do not ask for what may be refused
         return False
+    return bool(supported) and "stream_options" in supported
+
+
+def model_supports_prefill(model: str) -> bool:
+    """Whether `model` takes an assistant prefill, when its target does not say (`prefill:`).
+
+    litellm's model info `supports_assistant_prefill`, where its price list knows the model
+    and says. For a model it does not know (or knows without saying): yes when litellm
+    sends it to Anthropic, whose Messages API continues a final assistant turn natively
+    (the shipped config's `anthropic/claude-3-5-haiku-latest` is such a model: litellm
+    1.110's list has no entry for it); no for anything else (an OpenAI-compatible
+    server's model, say). Guessing yes costs little when wrong: the model answers the
+    continuation with a 400, recorded as `rejected` and remembered (`refused_prefill`), and
+    the stream goes on to the next target; guessing no would lose every continuation on
+    Anthropic's older models.
+    """
+    litellm = litellm_module()
+    try:
+        known = litellm.get_model_info(model=model).get("supports_assistant_prefill")
+    except Exception:  # not in litellm's price list: it raises rather than answers
+        known = None
+    if known is not None:
+        return bool(known)
+    try:
+        provider = litellm.get_llm_provider(model=model)[1]
+    except Exception:  # an unknown provider: litellm's own call raises it, classified
+        return False
+    return provider == "anthropic"
+
+
+# What an Anthropic model litellm does not know is asked for when the call sets no
+# max_tokens (Anthropic requires one): litellm would send 128000, its
+# DEFAULT_ANTHROPIC_CHAT_MAX_TOKENS, beyond the output limit of every Claude before 4.6
+# (8192 for 3.5 Haiku, 4096 for 3 Haiku), which the API refuses with a 400.
+UNKNOWN_ANTHROPIC_MAX_TOKENS = 4096
 
 
 class RemoteTarget(Target):
@@ -116,6 +150,8 @@ class RemoteTarget(Target):
     def __init__(self, config: TargetConfig) -> None:
         self.config = config
         self._prefill: bool | None = config.prefill
+        self._provider_name: str | None = None
+        self._output_limit: int | None = None  # litellm's max_output_tokens (0: it does not know)
         fixed: dict[str, Any] = {"model": config.model, "max_retries": 0}  # one attempt = one request
         if config.api_base:
             fixed["api_base"] = config.api_base
@@ -123,6 +159,7 @@ class RemoteTarget(Target):
             fixed["api_key"] = config.api_key.reveal()
         self._fixed = fixed
         self._clients = SdkClients(config)  # exact timeouts without a client per timeout
+        self._streams_usage: bool | None = None
 
     @property
     def continues_streams(self) -> bool:
@@ -135,6 +172,11 @@ class RemoteTarget(Target):
     def refused_prefill(self) -> None:
         """It answered a prefill with a 400: do not ask it to continue a stream again."""
         self._prefill = False
+
+    def _asks_usage(self) -> bool:
+        if self._streams_usage is None:
+            self._streams_usage = model_streams_usage(self.config.model or "")
+        return self._streams_usage
 
     def ready(self) -> None:
         """Block until litellm is imported and warm: call before an attempt's clock starts."""
@@ -160,16 +202,53 @@ class RemoteTarget(Target):
         `partial`: continue that answer, sent as an assistant prefill."""
         litellm = litellm_module()
         return AbortableChunks(litellm.completion(stream=True, **self._arguments(request, timeout, self._clients.sync(),
-                                                                                 partial)))
+                                                                                 partial)), self._stripped(partial))
 
     async def astream(self, request: Request, *, timeout: float, note: Note, partial: str = "") -> AsyncIterator[Any]:
         litellm = litellm_module()
-        return await litellm.acompletion(stream=True, **self._arguments(request, timeout,
-                                                                        self._clients.for_running_loop(), partial))
+        chunks = await litellm.acompletion(stream=True, **self._arguments(request, timeout,
+                                                                          self._clients.for_running_loop(), partial))
+        stripped = self._stripped(partial)
+        return TrimmedAsyncChunks(chunks, stripped) if stripped else chunks
+
+    def _stripped(self, partial: str) -> int:
+        """How many trailing whitespace characters of a continuation's prefill never reach
+        the model: litellm strips them for Anthropic, whose API refuses a final assistant
+        turn ending in whitespace ("one two " goes as "one two"). The model then writes the
+        space itself (" three"), which the caller already has: that many leading
+        whitespace characters of the continuation are dropped (else: "two  three")."""
+        if not partial or self._provider() != "anthropic":
+            return 0
+        return len(partial) - len(partial.rstrip())
+
+    def _unknown_anthropic(self) -> bool:
+        """An Anthropic model with no output limit in litellm's price list."""
+        if self._provider() != "anthropic":
+            return False
+        if self._output_limit is None:
+            try:
+                self._output_limit = litellm_module().get_model_info(model=self.config.model).get("max_output_tokens") or 0
+            except Exception:  # not in the list: litellm raises rather than answers
+                self._output_limit = 0
+        return not self._output_limit
+
+    def _provider(self) -> str | None:
+        if self._provider_name is None:
+            try:
+                self._provider_name = litellm_module().get_llm_provider(model=self.config.model)[1]
+            except Exception:  # an unknown provider: litellm's own call raises it, classified
+                self._provider_name = ""
+        return self._provider_name
 
     def _arguments(self, request: Request, timeout: float, client: Any, partial: str = "") -> dict[str, Any]:
         own = {"client": client} if client is not None else {}
         params = {**self.config.params, **request.params}
+        if not any(key in params for key in ("max_tokens", "max_completion_tokens")) and self._unknown_anthropic():
+            params["max_tokens"] = UNKNOWN_ANTHROPIC_MAX_TOKENS
+        if request.stream and "stream_options" not in params and self._asks_usage():
+            # the stream's final usage settles its rate limit's token estimate (streaming/reading.py
+            # keeps that chunk from a caller who did not ask for it)
+            params["stream_options"] = {"include_usage": True}
         messages = request.messages
         if partial:
             messages = prefill_messages(messages, partial)
@@ -191,11 +270,15 @@ class AbortableChunks:
     streams another way has no such path: `abort()` does nothing, the read timeout ends it.
     """
 
-    def __init__(self, chunks: Any) -> None:
+    def __init__(self, chunks: Any, trim: int = 0) -> None:
         self._chunks = chunks
+        self._trim = trim  # leading whitespace characters of the text to drop (RemoteTarget._stripped)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._chunks)
+        for chunk in self._chunks:
+            if self._trim:
+                self._trim = trim_leading_whitespace(chunk, self._trim)
+            yield chunk
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)
@@ -211,13 +294,50 @@ class AbortableChunks:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+class TrimmedAsyncChunks:
+    """litellm's async chunk iterator with up to `trim` leading whitespace characters of
+    its text dropped (RemoteTarget._stripped); closes what it wraps."""
+
+    def __init__(self, chunks: Any, trim: int) -> None:
+        self._chunks = chunks
+        self._trim = trim
+
+    def __aiter__(self) -> "TrimmedAsyncChunks":
+        return self
+
+    async def __anext__(self) -> Any:
+        chunk = await self._chunks.__anext__()
+        if self._trim:
+            self._trim = trim_leading_whitespace(chunk, self._trim)
+        return chunk
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def trim_leading_whitespace(chunk: Any, budget: int) -> int:
+    """Drop up to `budget` whitespace characters from the start of `chunk`'s text; returns
+    what is left of the budget: 0 once the chunk had text beyond them."""
+    for choice in getattr(chunk, "choices", None) or ():
+        delta = getattr(choice, "delta", None)
+        content = getattr(delta, "content", None)
+        if not isinstance(content, str) or not content:
+            continue
+        cut = min(budget, len(content) - len(content.lstrip()))
+        delta.content = content[cut:]
+        return budget - cut if cut == len(content) else 0
+    return budget
+
+
 def _answer(raw: Any) -> Response:
     """The provider's reply, or TRANSIENT when it is a 200 without an answer: litellm
     passes `"choices": []` through as an empty success, which would end the chain walk.
     With the provider's HTTP headers, which litellm keeps in `_hidden_params
     ["additional_headers"]` (OpenAI-compatible ones as sent, every raw one also as
     `llm_provider-<name>`): the rate limiter reads what remains of the quota."""
-    response = Response.from_openai(raw)
+    response = response_of(raw)
     if not response.choices:
         raise TargetFailure(Outcome.TRANSIENT, "malformed reply: a 200 with no choices")
     hidden = getattr(raw, "_hidden_params", None)

@@ -1,10 +1,12 @@
-"""Testing helpers: a fault-injecting OpenAI-compatible server for failover tests.
+"""Testing helpers: a fault-injecting server for failover tests that speaks OpenAI's
+Chat Completions and Anthropic's Messages API.
 
     from router.testing import FaultServer, faults
 
     with FaultServer() as server:
         server.script("m1", faults.status(503), faults.ok("hi"))
-        ...  # point litellm at model "openai/m1", api_base=server.url
+        ...  # point litellm at model "openai/m1", api_base=server.url,
+             # or at "anthropic/m1", api_base=server.anthropic_url
 
 Run one from a shell with ``python -m router.testing --help``.
 """
@@ -24,11 +26,12 @@ from .faults import (
     reset,
     status,
     stream,
+    tool_call,
 )
 from .server import FaultServer, ReceivedRequest
 
 __all__ = [
     "FaultServer", "ReceivedRequest", "Fault", "faults",
     "ok", "status", "context_too_long", "content_policy", "hang", "reset",
-    "malformed", "flaky", "recover_after", "stream", "limited", "refuse_prefill",
+    "malformed", "flaky", "recover_after", "stream", "limited", "refuse_prefill", "tool_call",
 ]

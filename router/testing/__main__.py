@@ -39,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv``, serve until interrupted, return the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m router.testing",
-        description="Serve a fault-injecting OpenAI-compatible API until Ctrl-C; prints its base URL.")
+        description="Serve a fault-injecting OpenAI-compatible API (and Anthropic's /v1/messages) until Ctrl-C; "
+                    "prints its OpenAI base URL (Anthropic clients take it without the /v1).")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: a free one)")
     parser.add_argument("--default", type=_fault, metavar="JSON",

@@ -1,7 +1,8 @@
 """Fault descriptions for :class:`router.testing.FaultServer`.
 
 Each constructor returns a small frozen dataclass that only *describes* a behaviour;
-the server interprets it (which fault a composite answers with: resolve.py).  Faults
+the server interprets it (which fault a composite answers with: resolve.py), in the
+shape of the API the request was sent to (openai_wire.py, anthropic_wire.py).  Faults
 are plain data: ``dataclasses.asdict(fault)`` is JSON-serialisable and :func:`from_dict`
 rebuilds it, so a script can be handed to a server running in another process (see
 ``python -m router.testing --default``).
@@ -10,33 +11,28 @@ Every dataclass carries a ``kind`` field naming its constructor.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
-DEFAULT_TEXT = "Hello from the fault server."
+from .error_words import (AUTHORIZATION, CONTENT_POLICY_MESSAGE, CONTEXT_TOO_LONG_MESSAGE,
+                          PREFILL_REFUSED_MESSAGE, REQUEST_TOO_LARGE_MESSAGE, default_status)
 
-CONTEXT_TOO_LONG_MESSAGE = (
-    "This model's maximum context length is 8192 tokens. However, your messages "
-    "resulted in 9000 tokens. Please reduce the length of the messages."
-)
-CONTENT_POLICY_MESSAGE = "Your request was rejected as a result of our safety system."
-PREFILL_REFUSED_MESSAGE = (
-    "This model does not support assistant message prefill. "
-    "The conversation must end with a user message."
-)
-# OpenAI's 413 for a request above the tokens-per-minute limit: a size error that says
-# "rate_limit_exceeded" (litellm turns it into a RateLimitError with status 429).
-REQUEST_TOO_LARGE_MESSAGE = (
-    "Request too large for gpt-4o in organization org-fault on tokens per min (TPM): Limit 30000, "
-    "Requested 45000. The input or output tokens must be reduced in order to run successfully. "
-    "Visit https://platform.openai.com/account/rate-limits to learn more."
-)
-# In a `status` message, replaced by the request's Authorization header (a provider quoting the key back).
-AUTHORIZATION = "{authorization}"
+DEFAULT_TEXT = "Hello from the fault server."
 
 
 def _kind(name: str) -> Any:
     return field(default=name, init=False)
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call in an answer: OpenAI's ``tool_calls`` entry, Anthropic's ``tool_use``
+    block. ``arguments`` is the JSON text of the arguments (streamed word by word)."""
+
+    name: str
+    arguments: str = "{}"
+    id: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +43,8 @@ class Ok:
     delay: float = 0.0
     headers: Optional[dict] = None
     finish_reason: str = "stop"
+    tool_calls: tuple = ()
+    thinking: str = ""
     kind: str = _kind("ok")
 
 
@@ -112,6 +110,10 @@ class Stream:
     end_after: Optional[int] = None
     stall_seconds: Optional[float] = None
     invalid_event_at: Optional[int] = None
+    tool_calls: tuple = ()
+    error_after: Optional[int] = None
+    finish_reason: str = "stop"
+    thinking: str = ""
     kind: str = _kind("stream")
 
 
@@ -161,38 +163,32 @@ class Limited:
 Fault = Union[Ok, Status, Reply, Hang, Reset, Malformed, Stream, Flaky, RecoverAfter, Limited, RefusePrefill]
 """Any fault description accepted by the server."""
 
-_SERVER_ERROR = "The server had an error while processing your request. Sorry about that!"
-
-# code -> (message, error type, error code): what OpenAI answers, roughly.
-_STATUS_DEFAULTS: dict[int, tuple[str, str, Optional[str]]] = {
-    400: ("Invalid request.", "invalid_request_error", None),
-    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
-    403: ("You are not allowed to access this resource.", "permission_error", None),
-    404: (
-        "The model does not exist or you do not have access to it.",
-        "invalid_request_error",
-        "model_not_found",
-    ),
-    408: ("Request timed out.", "timeout_error", None),
-    413: ("Request too large.", "invalid_request_error", None),
-    422: ("Unprocessable request.", "invalid_request_error", None),
-    429: ("Rate limit reached. Please try again later.", "rate_limit_error", "rate_limit_exceeded"),
-    503: ("The server is overloaded or not ready yet.", "server_error", None),
-}
-
-
 def _check_delay(name: str, value: Optional[float]) -> None:
     if value is not None and value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+def tool_call(name: str, arguments: Union[Mapping[str, Any], str] = "{}", *, id: Optional[str] = None) -> ToolCall:
+    """A call of tool ``name`` with ``arguments`` (a dict, or JSON text sent verbatim)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
+    return ToolCall(name=name, arguments=text, id=id)
+
+
+def _tool_calls(calls: Any) -> tuple:
+    return tuple(call if isinstance(call, ToolCall) else ToolCall(**call) for call in calls or ())
+
+
 def ok(text: str = DEFAULT_TEXT, *, delay: float = 0.0, headers: Optional[Mapping[str, str]] = None,
-       finish_reason: str = "stop") -> Ok:
+       finish_reason: str = "stop", tool_calls: Any = (), thinking: str = "") -> Ok:
     """Answer ``text`` normally, after ``delay`` seconds without a byte (slow first byte),
     with extra response ``headers`` and ``finish_reason`` (``"length"``: an answer cut by
-    the token limit)."""
+    the token limit). ``tool_calls`` (:func:`tool_call`) follow the text; the finish is
+    then ``tool_calls`` (Anthropic: ``tool_use``) unless ``finish_reason`` says otherwise.
+    ``thinking``: reasoning before the answer (Anthropic: a ``thinking`` block with a
+    signature; OpenAI shape: ``reasoning_content``, as DeepSeek and litellm name it)."""
     _check_delay("delay", delay)
-    return Ok(text=text, delay=delay, headers=dict(headers) if headers else None, finish_reason=finish_reason)
+    return Ok(text=text, delay=delay, headers=dict(headers) if headers else None, finish_reason=finish_reason,
+              tool_calls=_tool_calls(tool_calls), thinking=thinking)
 
 
 def status(
@@ -213,12 +209,7 @@ def status(
     """
     if not 100 <= int(code) <= 599:
         raise ValueError(f"HTTP status must be in 100..599, got {code!r}")
-    if int(code) >= 500:
-        default = _STATUS_DEFAULTS.get(int(code), (_SERVER_ERROR, "server_error", None))
-    else:
-        default = _STATUS_DEFAULTS.get(
-            int(code), (f"Request failed with status {code}.", "invalid_request_error", None)
-        )
+    default = default_status(int(code))
     return Status(
         code=int(code),
         retry_after=retry_after,
@@ -290,6 +281,10 @@ def stream(
     end_after: Optional[int] = None,
     stall_seconds: Optional[float] = None,
     invalid_event_at: Optional[int] = None,
+    tool_calls: Any = (),
+    error_after: Optional[int] = None,
+    finish_reason: str = "stop",
+    thinking: str = "",
 ) -> Stream:
     """Stream ``text`` word by word as SSE (even if the request did not ask to stream).
 
@@ -301,7 +296,14 @@ def stream(
     the server stops or the client leaves) and then carries on, ``malformed_after`` sends
     ``data: {not json`` and ends the body.  ``invalid_event_at=N`` sends ``data: {not json``
     as the Nth SSE event (the role chunk is the 1st) and then the rest of the stream, intact.
-    ``done=False`` omits ``data: [DONE]``.
+    ``done=False`` omits ``data: [DONE]`` (Anthropic: ``message_stop``).  ``error_after``
+    sends the provider's error event (Anthropic: ``event: error``, ``overloaded_error``;
+    OpenAI: a ``data:`` event with an ``error`` object) and ends the body.
+
+    ``tool_calls`` are streamed after the text: each call's start (its id and name), then
+    its arguments word by word; positions count these too ("content events": a text piece,
+    a call's start, a piece of its arguments), so ``cut_after`` can break inside a call.
+    ``thinking`` is streamed word by word before the text, and counted the same way.
 
     A request whose last message is an assistant turn (a prefill) that ``text`` starts
     with is answered with the rest of ``text`` only: the model continues its prefill.
@@ -309,14 +311,15 @@ def stream(
     _check_delay("first_token_delay", first_token_delay)
     _check_delay("token_delay", token_delay)
     _check_delay("stall_seconds", stall_seconds)
-    for name, value in (("cut_after", cut_after), ("stall_after", stall_after),
+    for name, value in (("cut_after", cut_after), ("stall_after", stall_after), ("error_after", error_after),
                         ("malformed_after", malformed_after), ("end_after", end_after)):
         if value is not None and value < 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     if invalid_event_at is not None and invalid_event_at < 1:
         raise ValueError(f"invalid_event_at counts events from 1, got {invalid_event_at!r}")
-    return Stream(text, first_token_delay, token_delay, cut_after, stall_after,
-                  malformed_after, done, end_after, stall_seconds, invalid_event_at)
+    return Stream(text, first_token_delay, token_delay, cut_after, stall_after, malformed_after, done, end_after,
+                  stall_seconds, invalid_event_at, _tool_calls(tool_calls), error_after, finish_reason,
+                  thinking)
 
 
 def refuse_prefill(otherwise: Fault = Ok()) -> RefusePrefill:

@@ -1,13 +1,14 @@
 """The request handler of the fault server: reads a chat request, plays its fault.
 
-One small `_play_*` method per fault kind; the OpenAI-shaped bodies are built by the
-functions at the bottom.
+One small `_play_*` method per fault kind. The handler decides when bytes go out
+(delays, cuts, stalls); what they say comes from the wire module of the API the request
+was sent to: openai_wire.py for ``/v1/chat/completions``, anthropic_wire.py for
+``/v1/messages``.
 """
 
 from __future__ import annotations
 import itertools
 import json
-import re
 import select
 import socket
 import struct
@@ -17,10 +18,13 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Optional
 from . import faults
-from .resolve import prefill_of
+from .anthropic_wire import AnthropicWire
+from .openai_wire import OpenAIWire, error_body
+from .wire import INVALID_EVENT, Wire, continuation, to_json
 
-
-_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_OPENAI, _ANTHROPIC = OpenAIWire(), AnthropicWire()
+_WIRES: dict[str, Wire] = {"/v1/chat/completions": _OPENAI, "/chat/completions": _OPENAI,
+                           "/v1/messages": _ANTHROPIC, "/messages": _ANTHROPIC}
 _MALFORMED_BODY = b'{"id": "chatcmpl-x", "choices": ['
 
 
@@ -41,6 +45,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
     server: Any  # server._HTTPServer: `admit`, `scripted_models` and `client_left` are the FaultServer's
+    wire: Wire  # the API shape of the request being answered
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request would drown test output
@@ -54,7 +59,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         elif path == "/health":
             self._send_json(200, {"status": "ok"})
         else:
-            self._send_json(404, _error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
+            self._send_json(404, error_body(f"Unknown path {path}", "invalid_request_error", "not_found"))
 
     def do_POST(self) -> None:
         t = time.monotonic()
@@ -63,7 +68,8 @@ class _FaultHandler(BaseHTTPRequestHandler):
         except ValueError:  # a broken chunked body: answer 400, then drop the connection
             raw, self.close_connection = b"", True
         path = self.path.split("?", 1)[0]
-        if path not in _CHAT_PATHS:
+        wire = _WIRES.get(path)
+        if wire is None:
             return self.do_GET()  # 404 (or info) without recording
         try:
             body = json.loads(raw)
@@ -74,10 +80,11 @@ class _FaultHandler(BaseHTTPRequestHandler):
         model = body.get("model") if body is not None else None
         headers = {k.lower(): v for k, v in self.headers.items()}
         fault = self.server.admit(model if isinstance(model, str) else None,
-                                   body, headers, path, t)
+                                   body, headers, path, t, wire.refusal)
         if fault is None:
             msg = "We could not parse the JSON body of your request."
-            return self._send_json(400, _error_body(msg, "invalid_request_error", None))
+            return self._send_json(400, error_body(msg, "invalid_request_error", None))
+        self.wire = wire
         try:
             getattr(self, "_play_" + fault.kind)(fault, body)
         except _ClientLeft:
@@ -92,22 +99,16 @@ class _FaultHandler(BaseHTTPRequestHandler):
     def _play_ok(self, fault: faults.Ok, body: dict) -> None:
         self._sleep(fault.delay)
         if body.get("stream"):
-            return self._play_stream(faults.stream(fault.text), body)
-        self._send_json(200, _completion(body, _continuation(body, fault.text), fault.finish_reason),
-                        list((fault.headers or {}).items()))
+            return self._play_stream(faults.stream(fault.text, tool_calls=fault.tool_calls, thinking=fault.thinking,
+                                                   finish_reason=fault.finish_reason), body)
+        answer = self.wire.completion(body, continuation(body, fault.text), fault.tool_calls, fault.finish_reason,
+                                      fault.thinking)
+        self._send_json(200, answer, self.wire.headers(fault.headers or {}))
 
     def _play_status(self, fault: faults.Status, body: dict) -> None:
-        headers = []
-        if fault.retry_after is not None:
-            headers.append(("Retry-After", _header_number(fault.retry_after)))
-        if fault.retry_after_ms is not None:
-            headers.append(("retry-after-ms", _header_number(fault.retry_after_ms)))
-        headers.extend((fault.headers or {}).items())
-        message = fault.message
-        if message and faults.AUTHORIZATION in message:
-            message = message.replace(faults.AUTHORIZATION, self.headers.get("Authorization", ""))
-        error = _error_body(message, fault.error_type, fault.error_code)
-        self._send_json(fault.code, error, headers)
+        credential = self.headers.get("Authorization") or self.headers.get("x-api-key") or ""
+        code, error, headers = self.wire.error(fault, credential)
+        self._send_json(code, error, headers)
 
     def _play_reply(self, fault: faults.Reply, body: dict) -> None:
         self._send_json(fault.code, fault.body)
@@ -123,23 +124,23 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self._send(200, _MALFORMED_BODY, "application/json")
 
     def _play_stream(self, fault: faults.Stream, body: dict) -> None:
-        head = {"id": _completion_id(), "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": body.get("model")}
-        text = _continuation(body, fault.text)
-        pieces = _split_words(text)
+        text = continuation(body, fault.text)
+        events = self.wire.stream(body)
+        units = events.units(text, fault.tool_calls, fault.thinking)
         self.wfile.write(self._head(200, "text/event-stream", [
             ("Transfer-Encoding", "chunked"), ("Cache-Control", "no-cache")]))
         self._sleep(fault.first_token_delay)
-        events = itertools.count(1)  # SSE events sent, the invalid one included
+        numbers = itertools.count(1)  # SSE events sent, the invalid one included
 
-        def event(delta: dict, finish_reason: Optional[str]) -> None:
-            if next(events) == fault.invalid_event_at:
-                self._chunk(b"data: {not json\n\n")
-                next(events)
-            self._event(head, delta, finish_reason)
+        def send(batch: list) -> None:
+            for event in batch:
+                if next(numbers) == fault.invalid_event_at:
+                    self._chunk(INVALID_EVENT)
+                    next(numbers)
+                self._chunk(event)
 
-        event({"role": "assistant"}, None)
-        for sent, piece in enumerate(pieces + [None]):
+        send(events.opening())
+        for sent, unit in enumerate(units + [None]):
             if sent == fault.cut_after:
                 return self._abort()
             if sent == fault.end_after:
@@ -147,19 +148,17 @@ class _FaultHandler(BaseHTTPRequestHandler):
             if sent == fault.stall_after:
                 self._sleep(fault.stall_seconds)
             if sent == fault.malformed_after:
-                self._chunk(b"data: {not json\n\n")
+                self._chunk(INVALID_EVENT)
                 return self._chunk(b"")
-            if piece is None:
+            if sent == fault.error_after:
+                send(events.error())
+                return self._chunk(b"")
+            if unit is None:
                 break
             if sent:
                 self._sleep(fault.token_delay)
-            event({"content": piece}, None)
-        event({}, "stop")
-        options = body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            self._chunk(b"data: " + _json(dict(head, choices=[], usage=_usage(body, text))) + b"\n\n")
-        if fault.done:
-            self._chunk(b"data: [DONE]\n\n")
+            send(unit)
+        send(events.closing(text, fault.finish_reason, fault.done))
         self._chunk(b"")
 
     # -- plumbing ------------------------------------------------------------
@@ -217,18 +216,10 @@ class _FaultHandler(BaseHTTPRequestHandler):
         self.wfile.write(head + body)
 
     def _send_json(self, code: int, data: Any, headers: list = ()) -> None:
-        self._send(code, _json(data), "application/json", headers)
+        self._send(code, to_json(data), "application/json", headers)
 
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def _event(self, head: dict, delta: dict, finish_reason: Optional[str]) -> None:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
-        self._chunk(b"data: " + _json(dict(head, choices=[choice])) + b"\n\n")
-
-
-def _json(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def _reason(code: int) -> str:
@@ -236,62 +227,3 @@ def _reason(code: int) -> str:
         return HTTPStatus(code).phrase
     except ValueError:
         return "Error"
-
-
-def _header_number(value: Any) -> str:
-    """Render 2.0 as "2" (clients parse integers most reliably); strings go verbatim."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _error_body(message: Optional[str], error_type: Optional[str], code: Optional[str]) -> dict:
-    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-
-
-def _completion_id() -> str:
-    return f"chatcmpl-{next(_ids):08d}"
-
-
-_ids = itertools.count(1)
-
-
-def _split_words(text: str) -> list:
-    """Split into word pieces ("Hello ", "world.") that join back to exactly ``text``."""
-    pieces = re.findall(r"\S+\s*", text)
-    leading = text[: len(text) - len(text.lstrip())]
-    if pieces and leading:
-        pieces[0] = leading + pieces[0]
-    return pieces or ([text] if text else [])
-
-
-def _continuation(body: dict, text: str) -> str:
-    """What a model continuing its prefill says: the rest of ``text`` when the request ends
-    with an assistant turn that ``text`` starts with, else all of ``text``."""
-    prefill = prefill_of(body)
-    return text[len(prefill):] if prefill and text.startswith(prefill) else text
-
-
-def _prompt_words(body: dict) -> int:
-    words = 0
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
-            content = " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        if isinstance(content, str):
-            words += len(content.split())
-    return words
-
-
-def _usage(body: dict, text: str) -> dict:
-    prompt, completion = _prompt_words(body), len(text.split())
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
-def _completion(body: dict, text: str, finish_reason: str = "stop") -> dict:
-    message = {"role": "assistant", "content": text}
-    return {"id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": _usage(body, text)}

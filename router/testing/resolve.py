@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 from .faults import (PREFILL_REFUSED_MESSAGE, Fault, Flaky, Limited, Ok, RecoverAfter, RefusePrefill,
                      status)
+from .wire import prefill_of
 
 
 def resolve(fault: Fault, state: dict, now: float, body: Optional[Mapping[str, Any]] = None) -> Fault:
@@ -62,14 +63,3 @@ def _limit(fault: Limited, accepted: deque, now: float) -> Fault:
         return replace(then, headers={**(then.headers or {}), **headers})
     return then
 
-
-def prefill_of(body: Optional[Mapping[str, Any]]) -> Optional[str]:
-    """The text of an assistant turn that ends the request's messages (a prefill), else None."""
-    messages = (body or {}).get("messages")
-    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], Mapping):
-        return None
-    last = messages[-1]
-    content = last.get("content")
-    if last.get("role") != "assistant" or not isinstance(content, str):
-        return None
-    return content

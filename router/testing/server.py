@@ -1,13 +1,15 @@
-"""A fault-injecting OpenAI-compatible HTTP server on loopback, for tests.
+"""A fault-injecting HTTP server on loopback, for tests, speaking OpenAI's and Anthropic's APIs.
 
-It speaks just enough of ``/v1/chat/completions`` for litellm (or any OpenAI client)
-to drive it over real sockets, and answers each request with the next scripted
-:mod:`~router.testing.faults` step for the requested model::
+It speaks just enough of OpenAI's ``/v1/chat/completions`` and Anthropic's
+``/v1/messages`` for litellm (or either SDK) to drive it over real sockets, and answers
+each request with the next scripted :mod:`~router.testing.faults` step for the requested
+model, in the shape of the API it was sent to::
 
     with FaultServer() as server:
         server.script("m1", faults.status(503), faults.ok("hi"))
         litellm.completion(model="openai/m1", api_base=server.url, api_key="x", ...)
-        assert server.count("m1") == 1
+        litellm.completion(model="anthropic/m1", api_base=server.anthropic_url, api_key="x", ...)
+        assert server.count("m1") == 2
 """
 
 from __future__ import annotations
@@ -183,6 +185,13 @@ class FaultServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
 
+    @property
+    def anthropic_url(self) -> str:
+        """Base URL for Anthropic clients, e.g. ``http://127.0.0.1:PORT`` (litellm ``api_base``
+        of an ``anthropic/...`` model: litellm appends ``/v1/messages``, so ``url``, which
+        ends in ``/v1``, would reach ``/v1/v1/messages``, a 404)."""
+        return self.url[: -len("/v1")]
+
     # -- scripting -----------------------------------------------------------
     def script(self, model: str, *steps: faults.Fault) -> None:
         """Answer the Nth request for ``model`` with the Nth step; the last step repeats.
@@ -243,12 +252,14 @@ class FaultServer:
         with self._lock:
             return list(self._scripts)
 
-    def _admit(self, model: Optional[str], body: Optional[dict], headers: dict,
-               path: str, t: float) -> Optional[faults.Fault]:
+    def _admit(self, model: Optional[str], body: Optional[dict], headers: dict, path: str, t: float,
+               refusal: Callable[[dict], Optional[faults.Status]] = lambda body: None) -> Optional[faults.Fault]:
         """Record a request and return the concrete fault to answer it with.
 
         Called by the request handler; returns None (no step consumed) when the body
-        was not a JSON object.
+        was not a JSON object. `refusal`: the API's own 400 for a request it would not
+        run (Anthropic's: no max_tokens, a prefill ending in whitespace), which takes the
+        place of an answer.
         """
         with self._lock:
             per_model = self._by_model.setdefault(model, [])
@@ -264,6 +275,8 @@ class FaultServer:
                 step = script.steps[min(script.next, len(script.steps) - 1)]
                 script.next += 1
             fault = resolve(step.fault, step.state, t, body)
+            if fault.kind in ("ok", "stream"):
+                fault = refusal(body) or fault
             code = fault.code if isinstance(fault, faults.Status) else 200 if fault.kind in ("ok", "stream") else None
             if code is not None:
                 sent = self._statuses.setdefault(model, {})

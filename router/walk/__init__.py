@@ -8,9 +8,11 @@ guards/retry.py), count it, or fail over. The first answer wins; when none comes
 static reply or `AllTargetsFailed`.
 
 - parts.py: the data the layers hand each other (`Crew`, `Member`, `Admission`, `Won`,
-  `Verdict`, `NoCapacity`, `Throttled`);
+  `StreamEnd`, `Verdict`, `NoCapacity`, `Throttled`);
 - decisions.py: the core, `Walk` (the call) and `Tries` (one target): every decision and
   record, no I/O;
+- facts.py: what the GenAI conventions name of a request and an answer, for the detail
+  events (observe/events.py);
 - shells.py: the only loops, `chain_sync`/`chain_async` and `walk_sync`/`walk_async`,
   mirror images that differ in `await` alone.
 
@@ -19,8 +21,8 @@ sleep functions) for each call.
 """
 
 from .decisions import Tries, Walk
-from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
+from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Verdict, Won
 from .shells import chain_async, chain_sync, walk_async, walk_sync
 
-__all__ = ["Admission", "Crew", "Member", "NoCapacity", "Throttled", "Tries", "Verdict", "Walk", "Won",
+__all__ = ["Admission", "Crew", "Member", "NoCapacity", "StreamEnd", "Throttled", "Tries", "Verdict", "Walk", "Won",
            "chain_async", "chain_sync", "walk_async", "walk_sync"]

@@ -11,24 +11,30 @@ guards/retry.py) or give up.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..guards.circuit import CircuitOpen
 from ..cache.tier import CacheHit
 from ..deadline import Deadline
 from ..errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
+from ..observe.events import QUIET, Events
 from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
 from ..limits.buckets import Cost
 from ..request import Request
-from ..response import Attempt, Choice, Message, Response, Route, Usage
+from ..response import Attempt, Route, text_response
 from ..guards.retry import MIN_ATTEMPT_S, Retries
 from ..config.schema import ChainConfig, TargetConfig
 from ..targets import Note
-from .parts import Admission, Crew, Member, NoCapacity, Throttled, Verdict, Won
+from .facts import answer_facts, asked_of, max_tokens
+from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Verdict, Won
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 _DETAIL_LIMIT = 500
 
@@ -44,13 +50,29 @@ class Walk:
         self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
-        self._events = crew.events
+        self.admitted: dict[str, int] = {}  # attempts admitted per target over the whole call
+        self._events = crew.events  # QUIET for a call that every listener declined
         self._overflowed: int | None = None  # smallest context window found too small
         self._waited = 0.0  # backoff slept before the next attempt
         self._started = time.perf_counter()
         self._cost: Cost | None = None
         self._first_token_s: float | None = None  # of the stream being opened
-        self.call_id = uuid.uuid4().hex[:16] if self._events.active else None  # groups a call's events
+        # groups a call's events; 16 hex digits as uuid4().hex[:16] gave, in a quarter of the time
+        self.call_id = os.urandom(8).hex() if self._events.active else None
+        self.finished = False
+        self.details = False  # whether anyone takes this call's detail events (observe/events.py)
+        if self.call_id is not None and self._events.wants("start"):
+            params = request.params
+            self.details = self._events.emit("start", chain=chain.name, call_id=self.call_id,
+                                             max_tokens=max_tokens(params), temperature=params.get("temperature"),
+                                             content=request.messages if self._events.wants("content") else None)
+            if not self.details and self._events.all_take("start"):
+                self._events = QUIET  # every listener declined this call: nothing more is built
+
+    @property
+    def events(self) -> Events:
+        """Where this call's events go."""
+        return self._events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -62,6 +84,9 @@ class Walk:
             target = targets.get(name)
             guard = guards[name]
             skip = self.skip(guard.config)
+            held = guard.held() if skip is None else None
+            if held is not None:
+                skip = Outcome.MISCONFIGURED, held
             if skip is None:
                 yield Member(guard.config, target, guard)  # type: ignore[arg-type]  # not disabled
             else:
@@ -140,14 +165,30 @@ class Walk:
         return add
 
     def succeeded(self, member: Member, admission: Admission, response: Response | None = None,
+                  tokens: int | None = None, ended: StreamEnd | None = None,
                   longest_gap_s: float | None = None) -> None:
-        """`longest_gap_s`: a stream's longest wait for a chunk (for router advise)."""
-        member.guard.succeeded(admission.ticket, admission.permit, response)
+        """An attempt answered: `response` for a plain call, `ended` (and the `tokens` it
+        spent, for the rate limiter) for a stream; `longest_gap_s`: a stream's longest wait
+        for a chunk (for router advise)."""
+        member.guard.succeeded(admission.ticket, admission.permit, response, tokens)
+        if self.details and self._events.wants("answer"):
+            self._tell_answer(member.config.name, response, ended)
         usage = getattr(response, "usage", None)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token(),
                     longest_gap_s=longest_gap_s, completion_tokens=getattr(usage, "completion_tokens", None) or None)
+
+    def _tell_answer(self, name: str, response: Response | None, ended: StreamEnd | None) -> None:
+        """The `answer` event: the GenAI conventions' facts of a successful attempt."""
+        self._events.emit("answer", target=name, chain=self.chain.name, call_id=self.call_id,
+                          **answer_facts(response, ended, content=self._events.wants("content")))
+
+    def stream_event(self, name: str, target: str, offset: int, mode: str, outcome: str | None = None) -> None:
+        """`stream_break` or `stream_resume`: where (`offset` characters in) and how (`mode`)."""
+        if self.details:
+            self._events.emit(name, target=target, chain=self.chain.name, offset=offset, detail=mode,
+                              outcome=outcome, call_id=self.call_id)
 
     def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
         """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
@@ -171,12 +212,21 @@ class Walk:
                             waited_s=self._take_wait()))
         return NoCapacity(classify(TargetFailure(Outcome.NO_CAPACITY, message)))
 
-    def released(self, member: Member, admission: Admission, detail: str) -> None:
+    def released(self, member: Member, admission: Admission, detail: str, tokens: int | None = None) -> None:
         """The caller abandoned the attempt (closed its stream): neither success nor failure."""
-        member.guard.released(admission.ticket, admission.permit)
+        member.guard.released(admission.ticket, admission.permit, tokens)
         self.record(Attempt(member.config.name, Outcome.CANCELLED.value,
                             latency_s=time.perf_counter() - admission.started, detail=detail),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token())
+
+    def streamed_tokens(self, usage: Usage | None, chars: int) -> int:
+        """The tokens a stream's attempt used, for its rate limit: the stream's own usage
+        when it reported one, else estimated from the `chars` it sent (never from
+        max_tokens: a stream with max_tokens=50000 and no usage left a `tpm` bucket ~3000 s
+        in debt)."""
+        if usage is not None and usage.total_tokens:
+            return int(usage.total_tokens)
+        return int(estimate_cost(self.request, chars).tokens)
 
     def first_token(self, admission: Admission) -> None:
         """A stream's first content arrived: its delay goes on the attempt's event."""
@@ -214,7 +264,7 @@ class Walk:
         if failure.outcome is Outcome.MISCONFIGURED:
             member.guard.flag_misconfigured(failure, self.detail(failure.message))
         if not verdict.handling.fail_over:  # content policy (cancellation never gets here)
-            self.finish("failed")
+            self.finish("failed", ContentRejected.__name__)
             raise ContentRejected(config.name, self.detail(failure.message), self.route) from self.errors[config.name]
         self._events.emit("failover", target=config.name, chain=self.chain.name, outcome=failure.outcome.value,
                           call_id=self.call_id)
@@ -246,9 +296,10 @@ class Walk:
             self.route.served_by = "static"
             self.route.degraded = True
             self.finish("static")
-            return Response(id="static", model="static", usage=Usage(), route=self.route,
-                            choices=[Choice(0, Message("assistant", self.chain.static_reply), "stop")])
-        self.finish("failed")
+            response = text_response(self.chain.static_reply, id="static", model="static")
+            response.route = self.route
+            return response
+        self.finish("failed", AllTargetsFailed.__name__)
         last = next(reversed(self.errors.values()), None)
         raise AllTargetsFailed(self.chain.name, self.route, self.errors) from last
 
@@ -261,8 +312,9 @@ class Walk:
         text = self.crew.redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
 
-    def finish(self, outcome: str) -> None:
-        """The call is over: "ok", "static", "failed" or "cancelled"."""
+    def finish(self, outcome: str, error: str | None = None) -> None:
+        """The call is over: "ok", "static", "failed" (`error`: what the caller gets) or "cancelled"."""
+        self.finished = True
         self.route.latency_s = time.perf_counter() - self._started
         if self._events.active:
             if self.route.degraded and outcome in ("ok", "static"):  # an answer, not an abandoned stream
@@ -270,7 +322,14 @@ class Walk:
                                   call_id=self.call_id)
             self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
                               served_by=self.route.served_by if outcome != "failed" else None,
-                              call_id=self.call_id)
+                              error=error, call_id=self.call_id)
+
+    def abandoned(self, exc: BaseException) -> None:
+        """`exc` ends the call before the walk finished it (the caller cancelled, or a bug):
+        the call is over all the same, for its listeners."""
+        if not self.finished:
+            cancelled = isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit))
+            self.finish("cancelled" if cancelled else "failed", None if cancelled else type(exc).__name__)
 
     def record(self, attempt: Attempt, **measured: float | None) -> None:
         """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
@@ -312,22 +371,28 @@ class Tries:
         `CircuitOpen` (nothing sent, the room given back)."""
         walk, config, guard = self.walk, self.member.config, self.member.guard
         self.attempts += 1
+        walk.admitted[config.name] = walk.admitted.get(config.name, 0) + 1
         permit, self.permit = self.permit, None
         if not slot:
             guard.give_back(permit)
             raise walk.no_capacity(self.member)
         ticket = guard.admit(permit)
         self.admission = Admission(ticket, walk.attempt_timeout(config), time.perf_counter(), permit)
+        if walk.details and walk.events.wants("attempt_start"):
+            walk.events.emit("attempt_start", target=config.name, chain=walk.chain.name, call_id=walk.call_id,
+                                  timeout_s=self.admission.timeout, **asked_of(config, walk.request.params))
         return self.admission
 
     def resumed(self) -> float | None:
         """Seconds to wait before the first attempt: 0, except for the target whose stream
-        just broke (`Walk.broken`), whose retry policy goes on from that failure: its wait,
-        or None when it is given up (recorded)."""
+        just broke (`Walk.broken`), whose retry policy goes on from that failure, counting
+        every attempt it had in this call (a target that cuts every stream gets
+        `retry.attempts` requests per call, not that many per break): its wait, or None
+        when it is given up (recorded)."""
         broken = self.walk.broken
         if broken is None or broken[0] != self.member.config.name:
             return 0.0
-        self.attempts = 1
+        self.attempts = self.walk.admitted.get(broken[0], 1)
         return self.next(broken[1])
 
     def failed(self, exc: BaseException) -> float | None:
@@ -369,7 +434,8 @@ class Tries:
 
     def refused(self) -> bool:
         reason = self.member.guard.retry_refusal()
-        if reason == "budget_exhausted" and self.walk.crew.events.active:
-            self.walk.crew.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
+        if reason == "budget_exhausted" and self.walk.events.active:
+            self.walk.events.emit("budget_exhausted", target=self.member.config.name, chain=self.walk.chain.name,
                                        call_id=self.walk.call_id)
         return reason is not None
+

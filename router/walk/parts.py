@@ -1,8 +1,8 @@
 """What the walk's layers hand each other: the `Crew` a call works with, a chain `Member`,
-an attempt's `Admission`, the attempt that `Won`, a failure's `Verdict`, and the two
-refusals that send nothing (`NoCapacity`, `Throttled`). Data only, so that the core
-(decisions.py), the shells (shells.py) and streams (router/streaming/) share them
-without importing each other."""
+an attempt's `Admission`, the attempt that `Won`, how a stream ended (`StreamEnd`), a
+failure's `Verdict`, and the two refusals that send nothing (`NoCapacity`, `Throttled`).
+Data only, so that the core (decisions.py), the shells (shells.py) and streams
+(router/streaming/) share them without importing each other."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..observe.events import Events
 from ..guards.guard import Guard
 from ..limits.limiter import Permit
 from ..outcomes import Failure, Handling
+from ..response import Chunk
 from ..config.schema import TargetConfig
 from ..targets import Target
 
@@ -59,6 +60,15 @@ class Won(Generic[T]):
     member: Member
     admission: Admission
     value: T
+
+
+class StreamEnd(NamedTuple):
+    """How a stream that finished ended, for the `answer` event: its last chunk (model and
+    usage), finish_reason, and the text it delivered (in parts, joined only when asked)."""
+
+    last: Chunk | None
+    finish_reason: str | None
+    parts: list[str]
 
 
 class Verdict(NamedTuple):

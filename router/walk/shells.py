@@ -9,11 +9,13 @@ attempt that succeeds builds none of the retry machinery.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ..response import Response
 from .decisions import Walk
 from .parts import Admission, Member, Won
+
+if TYPE_CHECKING:
+    from ..response import Response
 
 T = TypeVar("T")
 
@@ -56,13 +58,21 @@ async def chain_async(walk: Walk, members: Iterable[Member],
 
 
 def walk_sync(walk: Walk) -> Response:
-    won = chain_sync(walk, walk.members(), _complete_sync)
-    return walk.answer(won) if won is not None else walk.give_up()
+    try:
+        won = chain_sync(walk, walk.members(), _complete_sync)
+        return walk.answer(won) if won is not None else walk.give_up()
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled: the call is over all the same
+        raise
 
 
 async def walk_async(walk: Walk) -> Response:
-    won = await chain_async(walk, walk.members(), _complete_async)
-    return walk.answer(won) if won is not None else walk.give_up()
+    try:
+        won = await chain_async(walk, walk.members(), _complete_async)
+        return walk.answer(won) if won is not None else walk.give_up()
+    except BaseException as exc:
+        walk.abandoned(exc)  # cancelled: the call is over all the same
+        raise
 
 
 def _complete_sync(walk: Walk, member: Member, admission: Admission) -> Response:

@@ -541,14 +541,15 @@ def test_cli_cache_stats_and_clear(server, tmp_path):
 
 def test_a_replayed_answer_with_tool_calls_reads_back_as_the_same_answer():
     """What the cache tier streams (replay) is what a finished stream is kept as (answer_of)."""
-    from router.response import Choice, Chunk, Message, Response, Usage, answer_of
+    from router.response import Chunk, Response, answer_of
     from router.targets.cache import replay
 
     calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}},
              {"id": "call_2", "type": "function", "function": {"name": "other", "arguments": "{}"}}]
-    original = Response(id="r1", model="m", usage=Usage(), created=1700000000, choices=[
-        Choice(0, Message("assistant", "Let me look that up, it takes a moment or two to find.", calls),
-               "tool_calls")])
+    original = Response.from_openai({"id": "r1", "model": "m", "created": 1700000000, "choices": [
+        {"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": "Let me look that up, it takes a moment or two to find.",
+            "tool_calls": calls}}]})
     chunks = [Chunk.from_openai(raw) for raw in replay(original)]
     assert len([c for c in chunks if c.text]) == 2  # eight words per chunk
     again = answer_of(chunks)

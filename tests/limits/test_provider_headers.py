@@ -25,6 +25,8 @@ HI = [{"role": "user", "content": "hi"}]
         ({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "6m0s"}, None),  # not exhausted
         ({"Retry-After": "soon"}, None),
         ({"Retry-After": "-3"}, 0.0),
+        ({"Retry-After": "1e308"}, 3600.0),  # MAX_PROVIDER_WAIT_S
+        ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "99999999h"}, 3600.0),
         ({}, None),
     ],
 )

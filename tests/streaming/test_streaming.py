@@ -126,7 +126,8 @@ def test_closing_a_stream_early_counts_nothing_and_frees_the_slot(server, make_r
     next(stream), next(stream)
     stream.close()
     assert stream.route.attempts[-1].outcome == "cancelled"
-    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10}
+    assert router.status()["primary"] == {"state": "closed", "failures": 0, "retry_budget": 10, "in_flight": 0,
+                                          "queued": 0}
     assert collect(router.complete(HI, stream=True)) == TEXT  # the bulkhead slot came back
 
 

@@ -21,7 +21,7 @@ from router.state import build_guard
 from router.outcomes import HANDLING, Failure, Outcome, TargetFailure, classify, handle
 from router.observe.redact import Redactor
 from router.request import build_request
-from router.response import Choice, Message, Response, Usage
+from router.response import Response, text_response
 from router.state import MemoryState
 from router.targets import Target, build_target
 from router.walk import Crew, Walk, chain_async, chain_sync, walk_async, walk_sync
@@ -297,7 +297,7 @@ class Scripted(Target):
         self.calls += 1
         if self.script:
             raise self.script.pop(0)
-        return Response(id="x", model="m", usage=Usage(), choices=[Choice(0, Message("assistant", "fine"), "stop")])
+        return text_response("fine", id="x", model="m")
 
     async def acomplete(self, request: Any, *, timeout: float, note: Any) -> Response:
         return self.complete(request, timeout=timeout, note=note)
