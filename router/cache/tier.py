@@ -112,7 +112,7 @@ class AnswerCache:
             log.warning("router: cache %r: a stored answer could not be read (%s); deleted and served as a "
                         "miss (further ones count in cache_stats(): this_process.unreadable)", self.name, why)
         self._in_background(lambda: self.store.delete(key, payload))
-        raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read ({why}); deleted")
+        raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read back ({why}); deleted")
 
     async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
         """`lookup` without blocking the event loop on a store that does I/O."""
