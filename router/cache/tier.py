@@ -107,6 +107,7 @@ class AnswerCache:
         """A stored answer that is not one: a miss (it says nothing of the store's health:
         counts nothing, never opens the tier's circuit), deleted, said once per tier."""
         self.counts["unreadable"] += 1
+        self.counts["misses"] += 1  # served as one
         if not self._warned_unreadable:
             self._warned_unreadable = True
             log.warning("router: cache %r: a stored answer could not be read (%s); deleted and served as a "
