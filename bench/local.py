@@ -3,7 +3,7 @@ llama.cpp does on its own?
 
 The default GGUF (SmolLM2-135M-Instruct Q4_1, fetched with
 `router.models.pull_default_model()` when missing) is loaded twice, with the same
-settings: n_ctx 2048, n_threads = os.cpu_count() (the router's default), the GGUF's own
+settings: n_ctx 2048, n_threads = n_threads_batch = the router's default (1), the GGUF's own
 chat template. Every call asks for max_tokens=96 at temperature 0 (greedy decoding, so
 both contenders write the same tokens for the same prompt, which is checked).
 
@@ -11,7 +11,7 @@ both contenders write the same tokens for the same prompt, which is checked).
   degraded: true; chain default: [local]).complete(messages, max_tokens=96, temperature=0)``:
   the chain walk, the circuit, the pool borrow, the context fit (the prompt rendered and
   tokenized once more to count it) and the per-token deadline check;
-- ``direct``: ``llama_cpp.Llama(model_path, n_ctx=2048, n_threads=os.cpu_count(),
+- ``direct``: ``llama_cpp.Llama(model_path, n_ctx=2048, n_threads=1, n_threads_batch=1,
   verbose=False).create_chat_completion(messages, max_tokens=96, temperature=0)`` on an
   instance loaded separately;
 - ``direct_aa``: ``direct`` again, an A/A control: direct_aa/direct shows how far the
@@ -74,7 +74,9 @@ def contenders(path: str) -> tuple[dict[str, Call], dict[str, Any]]:
 
     from router import Router
 
-    threads = os.cpu_count() or 1
+    from router.targets.local import DEFAULT_THREADS
+
+    threads = DEFAULT_THREADS
     router = Router.from_dict({
         "defaults": {"timeout": TIMEOUT, "deadline": TIMEOUT},
         "targets": {"local": {"provider": "llama_cpp", "model_path": path, "n_ctx": N_CTX, "degraded": True}},
@@ -87,7 +89,7 @@ def contenders(path: str) -> tuple[dict[str, Call], dict[str, Any]]:
             raise RuntimeError(f"ours: unexpected route {resp.route!r}")
         return resp.choices[0].message.content, resp.usage.completion_tokens
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, verbose=False)
+    llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, verbose=False)
 
     def direct(messages: list[dict[str, Any]]) -> tuple[str, int]:
         out = llm.create_chat_completion(messages=messages, max_tokens=MAX_TOKENS, temperature=0)

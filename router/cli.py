@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -281,30 +282,30 @@ def _check_model_files(config: Any, file: str) -> None:
 
 def _advise(args: argparse.Namespace) -> int:
     from .advise import recommend, replay
-    from .advise.evidence import gather, read_events
+    from .advise.evidence import gather, read_logs
 
     if (args.write or args.replay) and not args.config:
         print("router: --write and --replay need the config in use: --config FILE (or $ROUTER_CONFIG)",
               file=sys.stderr)
         return EXIT_USAGE
     try:
-        with contextlib.ExitStack() as files:
-            streams = [(name, sys.stdin if name == "-" else files.enter_context(open(name, encoding="utf-8")))
-                       for name in args.events]
-            log = read_events(streams)
+        log = read_logs(args.events, sys.stdin.buffer if "-" in args.events else None)
     except OSError as exc:
         print(f"router: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    if not log.events:
-        print(f"router: no router events in {', '.join(args.events)} ({log.skipped} other line(s)); "
+    evidence = gather(log.events)
+    if not evidence:
+        skipped = f" (skipped: {log.skipped_text()})" if log.skipped else ""
+        print(f"router: nothing usable in {', '.join(args.events)}: no router event naming a target{skipped}; "
               f"write them with `events: {{log: json}}` in the config", file=sys.stderr)
         return EXIT_USAGE
     config = load_config(args.config) if args.config else None
-    evidence = gather(log.events)
     found = recommend.advise(evidence, config)
     result: dict[str, Any] = {"targets": {name: a.to_dict() for name, a in found.items()}}
+    if log.skipped_lines:
+        result["skipped_lines"] = log.skipped_lines
     if log.skipped:
-        result["skipped_lines"] = log.skipped
+        result["skipped"] = dict(log.skipped.most_common())
     unknown = sorted(set(evidence) - set(found))
     if unknown:
         result["not_in_config"] = unknown
@@ -319,11 +320,11 @@ def _advise(args: argparse.Namespace) -> int:
     if args.json:
         if "replay" in result:
             result["replay"] = {k: v.to_dict() for k, v in result["replay"].items()}
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_finite(result), indent=2, allow_nan=False))  # always valid JSON: no bare NaN
         return EXIT_OK
     print(recommend.report_text(found))
     if log.skipped:
-        print(f"({log.skipped} line(s) that were not router events were skipped)")
+        print(f"(skipped, by reason: {log.skipped_text()})")
     if unknown:
         print(f"(targets in the log but not in {args.config}, left out: {', '.join(unknown)})")
     if args.write:
@@ -332,6 +333,17 @@ def _advise(args: argparse.Namespace) -> int:
         print("\nreplay on a simulated clock:")
         print(replay.report_text(result["replay"]["current"], result["replay"]["recommended"]))
     return EXIT_OK
+
+
+def _finite(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None (JSON has neither)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
 
 
 def _write_config(source: str, dest: str, found: dict[str, Any]) -> None:

@@ -10,12 +10,16 @@ successful attempts, the times to first token of streams and the Retry-After val
 
 from __future__ import annotations
 
+import contextlib
+import gzip
+import io
 import json
 import math
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 from ..outcomes import HANDLING, Outcome
 
@@ -43,34 +47,86 @@ def reached(event: Mapping[str, Any]) -> bool:
 @dataclass
 class EventLog:
     events: list[dict[str, Any]]
-    skipped: int  # lines that were not a router event
+    skipped: Counter = field(default_factory=Counter)  # reason -> lines skipped (or values dropped)
+
+    @property
+    def skipped_lines(self) -> int:
+        return sum(n for reason, n in self.skipped.items() if not reason.startswith(DROPPED))
+
+    def skipped_text(self) -> str:
+        return ", ".join(f"{reason} {n}" for reason, n in self.skipped.most_common())
 
 
-def read_events(streams: Iterable[tuple[str, TextIO]]) -> EventLog:
-    """Every event of every (name, stream), in time order. A line may carry a logging
-    prefix before its JSON object; lines without one are counted, not fatal."""
-    events: list[dict[str, Any]] = []
-    skipped = 0
-    for _, stream in streams:
-        for line in stream:
-            start = line.find("{")
-            if start < 0:
-                skipped += bool(line.strip())
-                continue
+DROPPED = "value dropped: "
+MAX_SECONDS = 86400.0  # a duration longer than a day in an attempt's event is not a measurement
+EARLIEST, LATEST = 0.0, 4102444800.0  # epoch seconds: 1970 to 2100
+_SECONDS = ("latency_s", "wait_s", "first_token_s", "retry_after_s", "timeout_s", "longest_gap_s")
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_logs(names: Iterable[str], stdin: BinaryIO | None = None) -> EventLog:
+    """Every usable event of the named logs ("-": `stdin`), in time order. A gzip-compressed
+    log (by its first bytes, whatever its name) is read as the log it holds. What cannot be
+    used is skipped and counted per reason, never fatal: lines that are not UTF-8 text (a
+    binary file), not JSON, not a router event, events without a plausible `time`; a number
+    that is not a finite duration in [0, 1 day] (NaN, Infinity, a hostile `retry_after_s`)
+    is dropped from its event. A file that cannot be opened raises OSError."""
+    log = EventLog([])
+    for name in names:
+        with contextlib.ExitStack() as files:
+            raw = stdin if name == "-" else files.enter_context(open(name, "rb"))
+            assert raw is not None
+            buffered = raw if hasattr(raw, "peek") else io.BufferedReader(raw)  # type: ignore[arg-type]
+            if buffered.peek(2)[:2] == GZIP_MAGIC:
+                buffered = files.enter_context(gzip.GzipFile(fileobj=buffered))  # type: ignore[assignment]
             try:
-                data = json.loads(line[start:])
-            except ValueError:
-                skipped += 1
-                continue
-            if isinstance(data, dict) and isinstance(data.get("event"), str) and all(
-                    isinstance(data.get(key, 0.0), (int, float)) or data.get(key) is None
-                    for key in ("time", "latency_s", "wait_s", "first_token_s", "retry_after_s", "timeout_s")) \
-                    and data.get("time") is not None:
-                events.append(data)
-            else:
-                skipped += 1
-    events.sort(key=lambda e: e["time"])
-    return EventLog(events, skipped)
+                for line in buffered:
+                    _read_line(line, log)
+            except (OSError, EOFError, zlib.error) as exc:  # a corrupt or truncated gzip: what came before counts
+                log.skipped[f"the rest of {name} unreadable ({type(exc).__name__})"] += 1
+    log.events.sort(key=lambda e: e["time"])
+    return log
+
+
+def _read_line(line: bytes, log: EventLog) -> None:
+    """One line, with or without a logging prefix before its JSON object."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        log.skipped["not UTF-8 text"] += 1
+        return
+    start = text.find("{")
+    if start < 0:
+        if text.strip():
+            log.skipped["no JSON object"] += 1
+        return
+    try:
+        data = json.loads(text[start:])
+    except ValueError:
+        log.skipped["not JSON"] += 1
+        return
+    if not (isinstance(data, dict) and isinstance(data.get("event"), str)):
+        log.skipped["not a router event"] += 1
+        return
+    when = data.get("time")
+    if not (_is_number(when) and EARLIEST <= when <= LATEST):
+        log.skipped["time missing or not epoch seconds (1970-2100)"] += 1
+        return
+    for key in _SECONDS:
+        value = data.get(key)
+        if value is not None and not (_is_number(value) and 0 <= value <= MAX_SECONDS):
+            log.skipped[f"{DROPPED}{key} not a number of seconds in [0, {MAX_SECONDS:g}]"] += 1
+            del data[key]
+    tokens = data.get("completion_tokens")
+    if tokens is not None and not (isinstance(tokens, int) and not isinstance(tokens, bool) and 0 <= tokens <= 10**7):
+        log.skipped[f"{DROPPED}completion_tokens not a count"] += 1
+        del data["completion_tokens"]
+    log.events.append(data)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool; NaN and Infinity are what Python's json reads them as)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def attempt_start(event: Mapping[str, Any]) -> float:
@@ -110,6 +166,8 @@ class Evidence:
     attempts: Counter = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)  # successful non-stream attempts
     first_tokens: list[float] = field(default_factory=list)  # successful stream attempts
+    gaps: list[float] = field(default_factory=list)  # successful streams: the longest wait between two chunks
+    sized: list[tuple[float, int]] = field(default_factory=list)  # (latency, completion tokens) where known
     timeouts_seen: list[float] = field(default_factory=list)
     noise_runs: list[int] = field(default_factory=list)  # failures in a row that ended in a success, circuit closed
     outages: list[Outage] = field(default_factory=list)
@@ -132,6 +190,8 @@ class Evidence:
             "attempts": dict(self.attempts),
             "latency_s": summary(self.latencies),
             "first_token_s": summary(self.first_tokens),
+            **({"longest_gap_s": summary(self.gaps)} if self.gaps else {}),
+            **({"completion_tokens": summary([float(t) for _, t in self.sized])} if self.sized else {}),
             "failure_runs_while_closed": {"count": len(self.noise_runs), "longest": max(self.noise_runs, default=0),
                                           "lengths": dict(sorted(Counter(self.noise_runs).items()))},
             "outages": [{"length_s": _r(o.length_s), "down_s": _r(o.down_s), "trip_run": o.trip_run,
@@ -148,7 +208,8 @@ class Evidence:
         lines = [f"{self.target}: {self.calls} call(s), attempts "
                  + ", ".join(f"{k} {v}" for k, v in self.attempts.most_common())]
         for label, values in (("latency of successful attempts", self.latencies),
-                              ("time to first token", self.first_tokens)):
+                              ("time to first token", self.first_tokens),
+                              ("longest gap between a stream's chunks", self.gaps)):
             s = summary(values)
             if s["n"]:
                 lines.append(f"  {label} (n={s['n']}): p50 {short(s['p50'])} s, p90 {short(s['p90'])} s, "
@@ -198,8 +259,12 @@ def gather(events: list[dict[str, Any]]) -> dict[str, Evidence]:
             first = event.get("first_token_s")
             if isinstance(first, (int, float)):
                 evidence.first_tokens.append(float(first))
+                if isinstance(event.get("longest_gap_s"), (int, float)):
+                    evidence.gaps.append(float(event["longest_gap_s"]))
             else:
                 evidence.latencies.append(float(event["latency_s"]))
+                if isinstance(event.get("completion_tokens"), int):
+                    evidence.sized.append((float(event["latency_s"]), event["completion_tokens"]))
         if isinstance(event.get("retry_after_s"), (int, float)):
             evidence.retry_afters.append(float(event["retry_after_s"]))
         track.attempt(event)

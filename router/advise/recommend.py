@@ -20,11 +20,17 @@ from .evidence import Evidence, percentile, short
 from ..config.schema import RouterConfig, TargetConfig
 
 # The keys advise may recommend, spelled as in the config.
-KEYS = ("timeout", "first_token_timeout", "retry.attempts", "retry.min_wait", "retry.max_wait",
-        "breaker.fail_max", "breaker.reset_timeout")
+KEYS = ("timeout", "first_token_timeout", "stream_idle_timeout", "retry.attempts", "retry.min_wait",
+        "retry.max_wait", "breaker.fail_max", "breaker.reset_timeout")
 
-MIN_LATENCIES = 100  # successful attempts before a timeout is recommended (p99.9 of fewer is ~ the max)
-LATENCY_MARGIN = 1.5  # timeout = p99.9 x this
+MIN_LATENCIES = 100  # successful attempts before fail_max may be set on an outage alone
+# Timeouts (README, "router advise"): the largest of these bounds, each a reason not to go lower.
+TAIL_COUNT = 10  # a percentile is read only from a sample with this many values beyond it
+TAILS = ((99.9, 1.5), (99.0, 2.0), (95.0, 3.0))  # (percentile, margin): the lower the percentile, the wider
+LATENCY_MARGIN = 1.5  # never below the slowest successful attempt seen x this
+LOST_PACKET_S = 1.0  # Linux resends a lost SYN after 1 s (TCP_TIMEOUT_INIT): floor = this + the median
+MIN_SIZED = 20  # attempts with their completion tokens before latency is related to them
+TOKENS_VARY = 2.0  # ... and only when the longest answer has this many times the median's tokens
 MIN_RETRIES = 20  # retries at attempt k before judging whether attempt k is worth making
 RETRY_WORTH = 0.2  # attempt k is kept when at least this share of them succeeded
 MIN_FAILURE_RUNS = 3  # runs of failures (noise) before fail_max is recommended
@@ -97,24 +103,74 @@ Rule = Callable[[Evidence, Any], "tuple[Any, str]"]  # (evidence, current value)
 
 
 def _timeout(found: Evidence, current: float | None) -> tuple[float | None, str]:
-    return _latency_rule(found.latencies, "successful attempts", found.attempts["silent"], current)
+    if not found.latencies and found.first_tokens:
+        return None, ("the log has streams only: first_token_timeout and stream_idle_timeout bound them "
+                      "(a whole-answer timeout would cut long answers)")
+    return _latency_rule(found.latencies, "successful attempts", found.attempts["silent"], found.sized)
 
 
 def _first_token_timeout(found: Evidence, current: float | None) -> tuple[float | None, str]:
     if not found.first_tokens:
         return None, "no successful stream attempt in the log"
-    return _latency_rule(found.first_tokens, "streams' first tokens", 0, current)
+    return _latency_rule(found.first_tokens, "streams' first tokens", 0)
 
 
-def _latency_rule(values: list[float], what: str, silent: int, current: float | None) -> tuple[float | None, str]:
-    if len(values) < MIN_LATENCIES:
-        return None, f"needs >= {MIN_LATENCIES} {what}, have {len(values)}"
-    tail = percentile(values, 99.9)
-    value = round_up(tail * LATENCY_MARGIN)
-    reason = f"p99.9 of {len(values):,} {what} is {short(tail)} s; {LATENCY_MARGIN:g}x margin"
+def _stream_idle_timeout(found: Evidence, current: float | None) -> tuple[float | None, str]:
+    if not found.gaps:
+        return None, "no successful stream with its longest gap between chunks in the log"
+    return _latency_rule(found.gaps, "streams' longest gaps between chunks", 0)
+
+
+def tail_needs(q: float) -> int:
+    """Samples needed to read the q-th percentile: `TAIL_COUNT` values beyond it (p99.9: 10,000)."""
+    return math.ceil(TAIL_COUNT / (1 - q / 100) - 1e-9)
+
+
+def _latency_rule(values: list[float], what: str, silent: int,
+                  sized: list[tuple[float, int]] | None = None) -> tuple[float | None, str]:
+    """The largest of: the highest percentile the sample supports x its margin, the slowest
+    seen x `LATENCY_MARGIN`, one lost packet plus the median, and (answers of varying length)
+    the latency the longest answer seen needs by the per-token fit x the margin. A timeout
+    below any of them cuts answers that the log shows arrive."""
+    n = len(values)
+    supported = [(q, margin) for q, margin in TAILS if n >= tail_needs(q)]
+    if not supported:
+        q = TAILS[-1][0]
+        return None, f"needs >= {tail_needs(q):,} {what} (a p{q:g} needs {TAIL_COUNT} beyond it), have {n:,}"
+    q, margin = supported[0]
+    tail, slowest, middle = percentile(values, q), max(values), statistics.median(values)
+    bounds = {
+        f"p{q:g} of {n:,} {what} is {short(tail)} s, x {margin:g}": tail * margin,
+        f"the slowest is {short(slowest)} s, x {LATENCY_MARGIN:g}": slowest * LATENCY_MARGIN,
+        f"one lost packet costs {LOST_PACKET_S:g} s (a lost SYN is resent after {LOST_PACKET_S:g} s), "
+        f"+ the median {short(middle)} s": LOST_PACKET_S + middle,
+    }
+    by_tokens = _by_tokens(sized or [])
+    if by_tokens is not None:
+        text, needed = by_tokens
+        bounds[f"{text}, x {margin:g}"] = needed * margin
+    reason, value = max(bounds.items(), key=lambda item: item[1])
+    others = [text for text in bounds if text != reason]
+    reason = f"{reason} (the largest of: {'; '.join(others)})"
     if silent:
         reason += f"; {silent} attempt(s) timed out"
-    return value, reason
+    return round_up(value), reason
+
+
+def _by_tokens(sized: list[tuple[float, int]]) -> tuple[str, float] | None:
+    """Latency as a line over completion tokens, when answers vary in length: what the
+    longest answer seen needs (a long answer's time grows with its tokens)."""
+    if len(sized) < MIN_SIZED:
+        return None
+    tokens = [t for _, t in sized]
+    longest = max(tokens)
+    if longest < TOKENS_VARY * max(1.0, statistics.median(tokens)):
+        return None
+    slope, intercept = statistics.linear_regression(tokens, [latency for latency, _ in sized])
+    slope, intercept = max(0.0, slope), max(0.0, intercept)
+    needed = intercept + slope * longest
+    return (f"latency grows with the answer ({short(slope * 1000)} ms per completion token + {short(intercept)} s): "
+            f"the longest answer seen, {longest:,} tokens, needs {short(needed)} s"), needed
 
 
 def _attempts(found: Evidence, current: int | None) -> tuple[int | None, str]:
@@ -188,6 +244,7 @@ def _reset_timeout(found: Evidence, current: float | None) -> tuple[float | None
 _RULES: dict[str, Rule] = {
     "timeout": _timeout,
     "first_token_timeout": _first_token_timeout,
+    "stream_idle_timeout": _stream_idle_timeout,
     "retry.attempts": _attempts,
     "retry.min_wait": _min_wait,
     "retry.max_wait": _max_wait,

@@ -67,17 +67,27 @@ def encode(response: Response) -> str:
     return response.model_dump_json(exclude={"usage"}, exclude_unset=True, warnings=False)
 
 
-def decode(payload: str) -> Response:
-    """A stored answer as a `Response`. Its usage is zero: serving it cost no tokens.
+class Unreadable(ValueError):
+    """A stored answer that is not one (bad JSON, not an answer's shape)."""
 
-    Entries written before answers were the SDK's types (`id`, `model`, `created` and
-    `choices` with `role`, `content`, `tool_calls`) are a subset of this shape and decode
-    the same; what is not an answer at all raises ValueError (the tier counts a miss)."""
-    data = json.loads(payload)
-    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-        raise ValueError("a stored answer is a JSON object with a list of choices")
+
+def decode(payload: str | bytes) -> Response:
+    """A stored answer as a `Response` (`Response.from_openai`). Its usage is zero: serving it
+    cost no tokens. Entries written before answers were the SDK's types are a subset of this
+    shape and decode the same; text that is not an answer raises `Unreadable`."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError, not text
+        raise Unreadable(f"not JSON ({type(exc).__name__}: {exc})") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not choices or not isinstance(choices, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        raise Unreadable("JSON without an answer's choices")
     data.pop("usage", None)
-    return response_of(data)
+    try:
+        return response_of(data)
+    except Exception as exc:  # whatever the answer type refuses
+        raise Unreadable(f"not an answer ({type(exc).__name__}: {exc})") from None
 
 
 def _canonical(value: Any) -> Any:

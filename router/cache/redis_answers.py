@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .stores import AnswerStore, Entry, Stored, summarize
+from .stores import AnswerStore, Entry, Stored, UnreadableEntry, summarize
 
 SOCKET_TIMEOUT_S = 0.25  # a read only happens when the primaries failed: a little patience is fine
 
@@ -50,6 +50,14 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 """
 
+# KEYS: entry, lru; ARGV: payload, member. Only if the entry still holds that payload.
+_DELETE = """
+if redis.call('HGET', KEYS[1], 'p') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+"""
+
 
 def redis_client(url: str) -> Any:
     """A client for cache reads and writes (its own: short timeouts, no retry on a timeout)."""
@@ -74,12 +82,16 @@ class RedisStore(AnswerStore):
         self._client = client
         self._put = client.register_script(_PUT)
         self._touch = client.register_script(_TOUCH)
+        self._delete = client.register_script(_DELETE)
 
     def get(self, key: str, now: float) -> Stored | None:
         payload, stored_at = self._client.hmget(self._entry + key, "p", "t")
         if payload is None or stored_at is None:
             return None  # never written, or expired by Redis
-        return Stored(payload.decode(), float(stored_at))
+        try:
+            return Stored(payload.decode(), float(stored_at))
+        except ValueError as exc:  # not UTF-8, or a time that is not a number
+            raise UnreadableEntry(payload, f"{type(exc).__name__}: {exc}") from None
 
     def put(self, key: str, payload: str, now: float) -> None:
         self.put_many([Entry(key, payload, now)])
@@ -93,6 +105,9 @@ class RedisStore(AnswerStore):
 
     def touch(self, key: str, now: float) -> None:
         self._touch(keys=[self._entry + key, self._lru], args=[f"{now:.6f}", key])
+
+    def delete(self, key: str, payload: Any) -> None:
+        self._delete(keys=[self._entry + key, self._lru], args=[payload, key])
 
     def stats(self, now: float) -> dict[str, Any]:
         members = [m.decode() for m in self._client.zrange(self._lru, 0, -1)]

@@ -29,6 +29,15 @@ class Stored:
     stored_at: float  # time.time() when it was written
 
 
+class UnreadableEntry(Exception):
+    """What a store holds under a key is not an answer it can return (not text, a time that
+    is not a number). `payload` is as stored: `delete` takes it to remove just that."""
+
+    def __init__(self, payload: Any, why: str) -> None:
+        super().__init__(why)
+        self.payload = payload
+
+
 @dataclass(frozen=True)
 class Entry:
     """One answer to store: under `key`, encoded, as of `now` (epoch seconds)."""
@@ -59,6 +68,11 @@ class AnswerStore:
 
     def touch(self, key: str, now: float) -> None:
         """`key` was served: it is the most recently used, and one hit more."""
+        raise NotImplementedError
+
+    def delete(self, key: str, payload: Any) -> None:
+        """Remove `key` if it still holds `payload` (an unreadable answer; a newer answer
+        written meanwhile stays)."""
         raise NotImplementedError
 
     def stats(self, now: float) -> dict[str, Any]:
@@ -108,6 +122,12 @@ class MemoryStore(AnswerStore):
             if entry is not None:
                 entry[2] += 1
                 self._entries.move_to_end(key)
+
+    def delete(self, key: str, payload: Any) -> None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] == payload:
+                del self._entries[key]
 
     def stats(self, now: float) -> dict[str, Any]:
         with self._lock:
@@ -214,7 +234,13 @@ class SqliteStore(AnswerStore):
         with self._read_lock:
             row = self._reader.execute("SELECT payload, stored_at FROM answers WHERE key = ? AND stored_at >= ?",
                                        (key, now - self.ttl)).fetchone()
-        return Stored(row[0], row[1]) if row else None
+        if row is None:
+            return None
+        payload, stored_at = row
+        try:
+            return Stored(payload if isinstance(payload, str) else bytes(payload).decode(), float(stored_at))
+        except (ValueError, TypeError) as exc:
+            raise UnreadableEntry(payload, f"{type(exc).__name__}: {exc}") from None
 
     def put(self, key: str, payload: str, now: float) -> None:
         self.put_many([Entry(key, payload, now)])
@@ -237,6 +263,11 @@ class SqliteStore(AnswerStore):
         self._own()
         with self._write_lock:
             self._writer.execute("UPDATE answers SET last_used = ?, hits = hits + 1 WHERE key = ?", (now, key))
+
+    def delete(self, key: str, payload: Any) -> None:
+        self._own()
+        with self._write_lock:
+            self._writer.execute("DELETE FROM answers WHERE key = ? AND payload IS ?", (key, payload))
 
     def stats(self, now: float) -> dict[str, Any]:
         self._own()

@@ -7,24 +7,28 @@ the answer is complete: the key and the answer's text are made on the caller's t
 (~15 us for a short chat; the caller may change the response object afterwards), the
 store write itself inline for the memory store, on a background thread for sqlite and
 Redis. A store that fails is logged once (and once more when it works again); a call
-never fails because of its cache.
+never fails because of its cache. A Router reads its own writes: an answer still queued
+for the store is served from the queue. A stored answer that does not decode (bad JSON,
+not an answer's shape) is a `cache_miss` too, never an error of the tier (five of them
+used to open its circuit and hide the intact answers): it is deleted, and said once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
 from ..outcomes import Outcome, TargetFailure
 from ..request import Request
 from ..config.schema import ChainConfig, RouterConfig, TargetConfig
-from .policy import cache_key, decode, encode, why_not_kept
-from .stores import AnswerStore, Entry, MemoryStore, SqliteStore
+from .policy import Unreadable, cache_key, decode, encode, why_not_kept
+from .stores import AnswerStore, Entry, MemoryStore, SqliteStore, Stored, UnreadableEntry
 from .writer import BackgroundWriter
 
 if TYPE_CHECKING:
@@ -52,16 +56,26 @@ class AnswerCache:
         self.options = config.cache
         self.store = store
         self.writer = BackgroundWriter(config.name, self._put_many) if store.does_io else None
-        self.counts = {"hits": 0, "misses": 0, "writes": 0, "too_large": 0, "read_errors": 0, "write_errors": 0}
+        self.counts = {"hits": 0, "misses": 0, "writes": 0, "too_large": 0, "read_errors": 0, "write_errors": 0,
+                       "unreadable": 0}
         self._failing: set[str] = set()
+        self._warned_unreadable = False
+        # answers handed to the writer and not yet written, by key (dict ops are atomic under the GIL)
+        self._pending: dict[str, Entry] = {}
+        self._pending_pid = os.getpid()
 
     def lookup(self, request: Request) -> tuple[Response, CacheHit]:
-        """The stored answer to `request` and its age; a `cache_miss` TargetFailure if none."""
+        """The stored answer to `request` and its age; a `cache_miss` TargetFailure if none.
+        An answer this Router has queued for the store but not yet written is read too (read
+        your own writes: the background writer holds answers `LINGER_S` and more)."""
         if not request.cache:
             raise TargetFailure(Outcome.CACHE_MISS, "not read: the call said cache=False")
         key, now = cache_key(request), time.time()
+        stored = self._queued_answer(key, now)
         try:
-            stored = self.store.get(key, now)
+            stored = stored or self.store.get(key, now)
+        except UnreadableEntry as exc:
+            self._unreadable(key, exc.payload, str(exc))
         except Exception as exc:
             self.counts["read_errors"] += 1
             self._trouble("read", exc)
@@ -73,14 +87,33 @@ class AnswerCache:
             raise TargetFailure(Outcome.CACHE_MISS, f"no answer stored for this request within the last "
                                                     f"{self.options.ttl:g} s")
         try:
-            answer = decode(stored.payload)
-        except Exception as exc:  # an entry no version of the router could read back: a miss
-            self.counts["misses"] += 1
-            raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read back: "
-                                                    f"{type(exc).__name__}") from exc
+            response = decode(stored.payload)
+        except Unreadable as exc:
+            self._unreadable(key, stored.payload, str(exc))
         self.counts["hits"] += 1
         self._touch(key, now)
-        return answer, CacheHit(max(0.0, now - stored.stored_at))
+        return response, CacheHit(max(0.0, now - stored.stored_at))
+
+    def _queued_answer(self, key: str, now: float) -> Stored | None:
+        if self._pending_pid != os.getpid():  # a forked child: the parent's queue is not its own
+            self._pending.clear()
+            self._pending_pid = os.getpid()
+        entry = self._pending.get(key)
+        if entry is None or entry.now < now - self.options.ttl:
+            return None
+        return Stored(entry.payload, entry.now)
+
+    def _unreadable(self, key: str, payload: Any, why: str) -> NoReturn:
+        """A stored answer that is not one: a miss (it says nothing of the store's health:
+        counts nothing, never opens the tier's circuit), deleted, said once per tier."""
+        self.counts["unreadable"] += 1
+        self.counts["misses"] += 1  # served as one
+        if not self._warned_unreadable:
+            self._warned_unreadable = True
+            log.warning("router: cache %r: a stored answer could not be read (%s); deleted and served as a "
+                        "miss (further ones count in cache_stats(): this_process.unreadable)", self.name, why)
+        self._in_background(lambda: self.store.delete(key, payload))
+        raise TargetFailure(Outcome.CACHE_MISS, f"the stored answer could not be read back ({why}); deleted")
 
     async def alookup(self, request: Request) -> tuple[Response, CacheHit]:
         """`lookup` without blocking the event loop on a store that does I/O."""
@@ -96,21 +129,36 @@ class AnswerCache:
         entry = Entry(key, payload, time.time())
         if self.writer is None:
             self._put_many([entry])
-        else:
-            self._queued(self.writer.submit_batched(entry))
+            return
+        self._queued_answer(key, entry.now)  # (drops a forked parent's queue first)
+        self._pending[key] = entry
+        if not self._queued(self.writer.submit_batched(entry)):
+            self._forget([entry])
 
     def _put_many(self, entries: list[Entry]) -> None:
         if self._write(lambda: self.store.put_many(entries), len(entries)):
             self.counts["writes"] += len(entries)
+        self._forget(entries)
+
+    def _forget(self, entries: list[Entry]) -> None:
+        """Written (or failed): no longer read from the queue. A newer answer queued under the
+        same key meanwhile stays."""
+        for entry in entries:
+            if self._pending.get(entry.key) is entry:
+                self._pending.pop(entry.key, None)
 
     def _touch(self, key: str, now: float) -> None:
-        def touch() -> None:
-            self._write(lambda: self.store.touch(key, now), 1)
+        self._in_background(lambda: self.store.touch(key, now))
+
+    def _in_background(self, write: Callable[[], None]) -> None:
+        """One write of one entry, off the call path where the store does I/O."""
+        def job() -> None:
+            self._write(write, 1)
 
         if self.writer is None:
-            touch()
+            job()
         else:
-            self._queued(self.writer.submit(touch))
+            self._queued(self.writer.submit(job))
 
     def _write(self, write: Callable[[], None], count: int) -> bool:
         """Run one write of `count` answers; a failure is counted and logged (once), never raised."""
@@ -123,10 +171,11 @@ class AnswerCache:
         self._works("write")
         return True
 
-    def _queued(self, accepted: bool) -> None:
+    def _queued(self, accepted: bool) -> bool:
         if not accepted:
             assert self.writer is not None
             self._trouble("write", RuntimeError(f"{self.writer.dropped} writes dropped: the store is too slow"))
+        return accepted
 
     def _trouble(self, kind: str, exc: BaseException) -> None:
         if kind not in self._failing:

@@ -7,7 +7,8 @@ no event object is even built.
 
 Events, by `name`, and the fields each sets:
   attempt           target, chain, outcome, status, error, latency_s, wait_s, detail (every try and skip),
-                    timeout_s, first_token_s (streams), retry_after_s (a 429 that said)
+                    timeout_s, first_token_s (streams), retry_after_s (a 429 that said),
+                    completion_tokens (an answer's usage), longest_gap_s (a stream's longest wait for a chunk)
   retry             target, chain, outcome (that caused it), wait_s (the backoff about to be slept)
   failover          target (left behind), chain, outcome (why)
   circuit           target, old_state, new_state
@@ -69,6 +70,8 @@ class Event:
     timeout_s: float | None = None  # the attempt's timeout (its target's, or less when the deadline cut it)
     first_token_s: float | None = None  # streams: request to first content
     retry_after_s: float | None = None  # what the provider asked us to wait (a 429's Retry-After)
+    completion_tokens: int | None = None  # ok attempts with usage: the answer's length (latency grows with it)
+    longest_gap_s: float | None = None  # ok streams: the longest wait for a chunk after the first content
     # detail events only (see above): the GenAI conventions' request and response facts
     model: str | None = None
     provider: str | None = None

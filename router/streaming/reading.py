@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ class _StreamCore:
         self.calls = ToolCallHold() if walk.chain.mid_stream in (CONTINUE, AUTO) else None
         self.broken_at = 0  # index in route.attempts of the last break
         self.break_failure: Failure | None = None  # the last break, as recorded against its target
+        self.read_started = 0.0
+        self.longest_gap_s = 0.0  # of the stream being read: the longest wait for a read (router advise)
         self.usage: Usage | None = None  # the attempt's usage, when the stream reported it
         self.sent_chars = 0  # characters the attempt streamed: its tokens when it reports no usage
         self.shows_usage = _asks_usage(walk)  # the caller asked for the usage chunk itself
@@ -69,6 +72,11 @@ class _StreamCore:
         assert self.opened is not None
         return self.opened.config.stream_idle_timeout or self.opened.config.timeout
 
+    def reading(self) -> float:
+        """A read of the source starts now: how long it may wait (its wait is measured)."""
+        self.read_started = time.perf_counter()
+        return self.idle_timeout
+
     def switch(self, opened: Opened, plan: Recovery | None = None) -> None:
         route = self.walk.route
         if self.opened is not None and plan is not None:
@@ -86,6 +94,7 @@ class _StreamCore:
                 model = opened.prelude[0].model if opened.prelude else ""
                 self.prelude.append(recovery.restart_marker(self.id, model))
         self.opened = opened
+        self.longest_gap_s = 0.0
         self.usage, self.sent_chars = None, 0
         self.id = self.id or (opened.prelude[0].id if opened.prelude else "")
         route.served_by = opened.config.name
@@ -114,6 +123,7 @@ class _StreamCore:
     def received(self, raw: Any) -> Chunk | None:
         """One read from the source: the chunk to hand the caller, or None (the stream
         ended, or nothing of it is for the caller yet)."""
+        self.longest_gap_s = max(self.longest_gap_s, time.perf_counter() - self.read_started)
         if raw is END:
             self.ended()
             return None
@@ -138,7 +148,8 @@ class _StreamCore:
             raise recovery.truncated()
         assert self.opened is not None
         self.walk.succeeded(self.opened.member, self.opened.admission, tokens=self.tokens,
-                            ended=StreamEnd(self.last, self.finish_reason, self.parts))
+                            ended=StreamEnd(self.last, self.finish_reason, self.parts),
+                            longest_gap_s=self.longest_gap_s)
         self.walk.finish("ok")
         if self.kept is not None and not self.continued:  # a stitched answer is no one's answer
             self.walk.answered(self.opened.config, answer_of(self.kept))
@@ -239,7 +250,7 @@ class Stream(_StreamShell):
             if opened is None:
                 raise StopIteration
             try:
-                chunk = core.received(opened.source.next(core.idle_timeout))
+                chunk = core.received(opened.source.next(core.reading()))
             except (KeyboardInterrupt, SystemExit):
                 self.close()
                 raise
@@ -289,7 +300,7 @@ class AsyncStream(_StreamShell):
             if opened is None:
                 raise StopAsyncIteration
             try:
-                chunk = core.received(await opened.source.anext(core.idle_timeout))
+                chunk = core.received(await opened.source.anext(core.reading()))
             except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                 await self.aclose()
                 raise

@@ -18,10 +18,21 @@ llama.cpp error or a silently truncated answer:
 A `llama_cpp.Llama` is not thread-safe, and loading one costs time and memory, so each
 model is loaded once per process into a `_ModelPool` of `pool_size` instances that calls
 borrow one at a time. llama_cpp is imported on the first load: `import router` stays fast.
+The walk loads it before an attempt's clock starts (`ready`), so a load never eats the
+first call's timeout, and only real waiting for a busy model counts as queueing.
+
+The degraded tier runs when things are already bad, often on a CPU shared with whatever
+went wrong, so its defaults hold up then: `n_threads` 1, for the prompt too
+(`n_threads_batch`; llama-cpp-python's default is every core). llama.cpp's threads wait on
+each other: one descheduled thread stalls the rest. `router complete` answered locally on 2
+shared cores (bench/local_busy.py; table in the README): 1.0 s, 3.7 s with one core
+spinning; the old default (every core) 6.1 s and 19.4 s. With idle cores, 2 threads took
+0.76 s against ~1.1 s: set `n_threads` higher where cores are to spare.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import ctypes
 import os
@@ -49,6 +60,7 @@ _PASSED_PARAMS = frozenset({"temperature", "top_p", "top_k", "min_p", "stop", "s
                             "frequency_penalty", "repeat_penalty", "response_format", "logit_bias"})
 _MESSAGE_OVERHEAD = 8  # tokens per message for role markers, when the template cannot be rendered
 _QUEUE_SHARE = 0.1  # a cut generation that queued this share of its timeout is no_capacity, not silent
+DEFAULT_THREADS = 1  # n_threads when the config says nothing: the module docstring has the numbers
 
 
 class LocalTarget(Target):
@@ -68,6 +80,21 @@ class LocalTarget(Target):
         """Load the model now instead of on the first call (the router does this at start
         when `preload: true`, so the first degraded answer does not also pay the load)."""
         _pool_for(self.options, note or (lambda _: None))
+
+    def ready(self) -> None:
+        """Load the model before the attempt's clock starts (as the remote tier waits for
+        litellm): a fresh Router's first call with `timeout: 1` was cut as no_capacity, its
+        load counted as queueing. A model that cannot load is left for the attempt to report."""
+        if _loaded(self.options):
+            return
+        try:
+            _pool_for(self.options, None)
+        except TargetFailure:
+            pass
+
+    async def aready(self) -> None:
+        if not _loaded(self.options):
+            await asyncio.to_thread(self.ready)
 
     def complete(self, request: Request, *, timeout: float, note: Note) -> Response:
         return self._complete(request, LocalCall(timeout), note)
@@ -120,11 +147,13 @@ class LocalTarget(Target):
                                                          "(on_tools: drop answers without them)")
             note("tools dropped: the local model answers in prose, without tool_calls")
         pool = _pool_for(opts, note)
+        pool.note_load(note)
         messages = _plain_messages(request.messages, note)
         params = _params(self.config, request)
         timeout, deadline = call.timeout, call.deadline
+        waiting = deadline.remaining()
         with pool.slot(max_queue=opts.max_queue, deadline=deadline, call=call) as llm:
-            queued = timeout - deadline.remaining()
+            queued = waiting - deadline.remaining()  # real waiting for a free model, nothing else
             # a partial answer is fitted as a last turn, so that its tokens are counted too
             tail = [{"role": "assistant", "content": partial}] if partial else []
             fitted = pool.fit(llm, messages + tail, params["max_tokens"], opts.context_policy, note)
@@ -160,6 +189,7 @@ class _ModelPool:
 
     def __init__(self, models: list[Any], formatter: Any) -> None:
         self.size = len(models)
+        self._load_note: str | None = None  # told to the first call that uses the pool
         self._free = list(models)
         self._waiters: deque[object] = deque()
         self._cond = threading.Condition()
@@ -205,6 +235,18 @@ class _ModelPool:
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    def loaded(self, text: str) -> None:
+        self._load_note = text
+
+    def note_load(self, note: Note | None) -> None:
+        """Tell `note` how long the load took, once per pool (the first call, or preload)."""
+        if self._load_note is None or note is None:
+            return
+        with self._cond:
+            text, self._load_note = self._load_note, None
+        if text is not None:
+            note(text)
 
     def close(self) -> None:
         """Free the models not in use (at exit: a model still generating is left alone)."""
@@ -302,8 +344,17 @@ def _close_all() -> None:
     _POOLS.clear()
 
 
-def _pool_for(opts: LocalOptions, note: Note) -> _ModelPool:
-    key = (opts.model_path, opts.n_ctx, opts.n_threads, opts.chat_format, opts.pool_size)
+def _key(opts: LocalOptions) -> tuple[Any, ...]:
+    return (opts.model_path, opts.n_ctx, opts.n_threads, opts.chat_format, opts.pool_size)
+
+
+def _loaded(opts: LocalOptions) -> bool:
+    return _key(opts) in _POOLS
+
+
+def _pool_for(opts: LocalOptions, note: Note | None) -> _ModelPool:
+    """The pool of `opts`, loaded on first use; `note` hears of a load (else its first call)."""
+    key = _key(opts)
     pool = _POOLS.get(key)
     if pool is not None:
         return pool
@@ -314,8 +365,9 @@ def _pool_for(opts: LocalOptions, note: Note) -> _ModelPool:
         if pool is None:
             started = time.monotonic()
             pool = _load_pool(opts)
+            pool.loaded(f"loaded {Path(opts.model_path).name} in {time.monotonic() - started:.2f} s")
             _POOLS[key] = pool
-            note(f"loaded {Path(opts.model_path).name} in {time.monotonic() - started:.2f} s")
+            pool.note_load(note)
     return pool
 
 
@@ -331,7 +383,9 @@ def _load_pool(opts: LocalOptions) -> _ModelPool:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     cls = stoppable_llama_class(llama_cpp)
-    kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "n_threads": opts.n_threads or os.cpu_count() or 1,
+    threads = opts.n_threads or DEFAULT_THREADS
+    # n_threads_batch too: llama-cpp-python's default for it is every core, whatever n_threads says
+    kwargs: dict[str, Any] = {"n_ctx": opts.n_ctx, "n_threads": threads, "n_threads_batch": threads,
                               "verbose": False}
     if opts.chat_format is not None:
         kwargs["chat_format"] = opts.chat_format

@@ -165,15 +165,19 @@ class Walk:
         return add
 
     def succeeded(self, member: Member, admission: Admission, response: Response | None = None,
-                  tokens: int | None = None, ended: StreamEnd | None = None) -> None:
+                  tokens: int | None = None, ended: StreamEnd | None = None,
+                  longest_gap_s: float | None = None) -> None:
         """An attempt answered: `response` for a plain call, `ended` (and the `tokens` it
-        spent, for the rate limiter) for a stream."""
+        spent, for the rate limiter) for a stream; `longest_gap_s`: a stream's longest wait
+        for a chunk (for router advise)."""
         member.guard.succeeded(admission.ticket, admission.permit, response, tokens)
         if self.details and self._events.wants("answer"):
             self._tell_answer(member.config.name, response, ended)
+        usage = getattr(response, "usage", None)
         self.record(Attempt(member.config.name, Outcome.OK.value,
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
-                    timeout_s=admission.timeout, first_token_s=self._take_first_token())
+                    timeout_s=admission.timeout, first_token_s=self._take_first_token(),
+                    longest_gap_s=longest_gap_s, completion_tokens=getattr(usage, "completion_tokens", None) or None)
 
     def _tell_answer(self, name: str, response: Response | None, ended: StreamEnd | None) -> None:
         """The `answer` event: the GenAI conventions' facts of a successful attempt."""
@@ -329,7 +333,7 @@ class Walk:
 
     def record(self, attempt: Attempt, **measured: float | None) -> None:
         """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
-        retry_after_s, for the event only (router advise reads them)."""
+        retry_after_s, longest_gap_s, completion_tokens, for the event only (router advise reads them)."""
         self.route.attempts.append(attempt)
         if self._events.active:
             self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,

@@ -594,3 +594,82 @@ def test_a_forked_worker_reads_and_writes_the_sqlite_cache_of_its_parent(server,
     assert os.waitstatus_to_exitcode(status) == 0
     providers(up=False)
     assert router.complete(OTHER).route.served_by == "recent"  # the worker's answer, written by its own thread
+
+
+# -- unreadable answers, and answers still queued for the store --------------------------------
+
+def store_config(server, backend: str, tmp_path, request, chain: list[str] | None = None) -> dict[str, Any]:
+    if backend == "redis":
+        url, namespace = request.getfixturevalue("redis_url"), request.getfixturevalue("namespace")
+        return config(server, {"backend": "redis"}, chain=chain,
+                      state={"backend": "redis", "url": url, "namespace": namespace})
+    return config(server, {"backend": "sqlite", "path": str(tmp_path / "c.sqlite")}, chain=chain)
+
+
+# bad JSON, JSON that is no answer, bytes that are not UTF-8
+UNREADABLE = ['{"id": "r1", "choi', "[]", '{"choices": "x"}', "null", b"\xff\xfe{"]
+
+
+def corrupt_every_stored_answer(data: dict[str, Any], backend: str) -> int:
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(data["state"]["url"])
+        keys = sorted(client.scan_iter(match=f"{data['state']['namespace']}:cache:*:a:*"))
+        for key, payload in zip(keys, UNREADABLE):
+            client.hset(key, "p", payload)
+        return len(keys)
+    import sqlite3
+
+    with sqlite3.connect(data["targets"]["recent"]["path"]) as db:
+        keys = [k for (k,) in db.execute("SELECT key FROM answers ORDER BY key")]
+        for key, payload in zip(keys, UNREADABLE):
+            db.execute("UPDATE answers SET payload = ? WHERE key = ?", (payload, key))
+    return len(keys)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_unreadable_stored_answers_are_misses_that_are_deleted_and_never_open_the_cache_circuit(
+        server, tmp_path, request, backend, caplog):
+    data = store_config(server, backend, tmp_path, request)
+    router = Router.from_dict(data)
+    questions = [[{"role": "user", "content": f"question {i}"}] for i in range(5)]
+    for question in questions:
+        router.complete(question)
+    assert router.flush_cache()
+    assert corrupt_every_stored_answer(data, backend) == 5
+    server.script("p", faults.ok(ANSWER))
+    router.complete(HI)  # one intact answer, to another question
+    assert router.flush_cache()
+
+    all_down(server)
+    with caplog.at_level(logging.WARNING, logger="router"):
+        for question in questions:
+            resp = router.complete(question)
+            assert resp.route.served_by == "static" and outcomes(resp)[-1] == ("recent", "cache_miss")
+            assert "could not be read" in resp.route.attempts[-1].detail
+        intact = router.complete(HI)
+    assert intact.route.served_by == "recent" and intact.text == ANSWER  # not circuit_open
+    assert router.status()["recent"]["state"] == "closed" and router.status()["recent"]["failures"] == 0
+    stats = router.cache_stats()["recent"]
+    assert stats["entries"] == 1 and stats["this_process"]["unreadable"] == 5  # the five deleted
+    warnings = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_a_router_reads_the_answer_it_has_queued_but_not_yet_written(server, tmp_path, request, backend,
+                                                                     monkeypatch):
+    from router.cache import writer
+
+    monkeypatch.setattr(writer, "LINGER_S", 1.5)  # the first answer waits in the writer's batch for 1.5 s
+    router = Router.from_dict(store_config(server, backend, tmp_path, request, chain=["primary", "recent"]))
+    server.script("p", faults.ok(ANSWER))
+    assert router.complete(HI).route.served_by == "primary"
+    server.script("p", faults.status(401))  # at once: no retries, no backoff
+    started = time.monotonic()
+    again = router.complete(HI)
+    assert time.monotonic() - started < 1.5  # still within the linger: not yet in the store
+    assert again.route.served_by == "recent" and again.text == ANSWER
+    assert outcomes(again) == [("primary", "misconfigured"), ("recent", "ok")]
+    assert router.flush_cache() and router.cache_stats()["recent"]["entries"] == 1

@@ -103,6 +103,52 @@ def test_concurrent_first_calls_load_once_and_preload_loads_now(model_path):
     assert later == []
 
 
+def test_loading_the_model_is_never_counted_as_waiting_for_a_free_model(model_path):
+    """Called directly (no `ready()` first), the load eats the timeout, but it is not queueing:
+    with no other caller the cut is `silent`, never `no_capacity`."""
+    t = target(model_path, n_ctx=896, pool_size=2)  # settings of its own: this call loads two models
+    err = failure(lambda: ask(t, "Count from 1 to 1000.", timeout=0.05, max_tokens=64, **NEVER_ENDING))
+    assert err.outcome is Outcome.SILENT and "waiting for a free model" not in str(err)
+
+
+def test_ready_loads_the_model_before_the_attempt_and_its_first_call_notes_the_load(model_path):
+    t = target(model_path, n_ctx=928)
+    t.ready()  # what the walk calls before an attempt's clock starts
+    notes: list[str] = []
+    ask(t, "Hi", notes=notes, max_tokens=2)
+    assert len(notes) == 1 and notes[0].startswith("loaded SmolLM2-135M-Instruct.Q4_1.gguf in ")
+    missing = target(model_path.parent / "nope.gguf", n_ctx=928)
+    missing.ready()  # a model that cannot load is left for the attempt to report
+    assert failure(lambda: ask(missing, "Hi")).outcome is Outcome.MISCONFIGURED
+
+
+def test_a_fresh_routers_first_local_call_with_timeout_1_answers(model_path):
+    """The issue's case: the load (three models here: ~0.6-1.2 s on 2 shared cores) used to
+    run on the attempt's 1 s clock and be counted as waiting for a free model."""
+    from router import Router
+
+    router = Router.from_dict({"targets": {"local": {
+        "provider": "llama_cpp", "model_path": str(model_path), "n_ctx": 960, "n_threads": 1, "pool_size": 3,
+        "timeout": 1}}, "chains": {"default": ["local"]}})
+    resp = router.complete([{"role": "user", "content": "Hi"}], max_tokens=2)
+    assert resp.route.served_by == "local" and [a.outcome for a in resp.route.attempts] == ["ok"]
+    assert [n for n in resp.route.notes if "loaded" in n][0].startswith("local: loaded ")
+    assert resp.route.attempts[0].latency_s < 1
+
+
+def test_by_default_one_thread_generates_and_evaluates_the_prompt(model_path):
+    """On a shared CPU, llama.cpp's threads wait on each other: 1 thread answered in 1.0 s
+    (3.7 s with a core spinning) where every core took 6.1 s (19.4 s); see local.py."""
+    raw = {"targets": {"local": {"provider": "llama_cpp", "model_path": str(model_path), "n_ctx": 992}},
+           "chains": {"default": ["local"]}}
+    defaults = config_from_dict(raw).targets["local"].local
+    with _pool_for(defaults, lambda _: None).slot(max_queue=0, deadline=Deadline(FAR)) as llm:
+        assert (llm.n_threads, llm.n_threads_batch) == (1, 1)
+    with _pool_for(target(model_path, n_ctx=992, n_threads=2).options, lambda _: None).slot(
+            max_queue=0, deadline=Deadline(FAR)) as llm:
+        assert (llm.n_threads, llm.n_threads_batch) == (2, 2)  # n_threads sets the prompt's threads too
+
+
 def test_list_content_parts_are_joined(model_path):
     notes = []
     parts = [{"type": "text", "text": "What is the capital"}, {"type": "text", "text": "of France?"},
