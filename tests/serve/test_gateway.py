@@ -48,6 +48,7 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
             "solo": _target(s, "solo", retry={"attempts": 1}), "slow": _target(s, "slow", timeout=0.5),
             "cp1": _target(s, "cp1", prefill=True), "cp2": _target(s, "cp2", prefill=True),
             "rs": _target(s, "rs"), "er": _target(s, "er"),
+            "patient": _target(s, "patient", timeout=20, stream_idle_timeout=20),  # only the client leaving ends it
             "fragile": _target(s, "fragile", retry={"attempts": 1}, breaker={"fail_max": 1, "reset_timeout": 600}),
         },
         "chains": {
@@ -55,7 +56,7 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
             "continue": {"targets": ["cp1", "cp2"], "mid_stream": "continue"},
             "restart": {"targets": ["rs"], "mid_stream": "restart"},
             "error": {"targets": ["er"], "mid_stream": "error"},
-            "fragile": ["fragile"],
+            "fragile": ["fragile"], "patient": ["patient", "secondary"],
         },
         "server": {"max_body_bytes": MAX_BODY, "keys": [
             {"name": "full", "key": KEY},
@@ -324,7 +325,7 @@ def test_a_content_policy_refusal_keeps_the_providers_status(gateway: Gateway, s
 
 def test_models_healthz_and_metrics(gateway: Gateway, server: FaultServer, client: openai.OpenAI) -> None:
     assert {m.id for m in client.models.list()} == {"default", "solo", "slow", "continue", "restart", "error",
-                                                     "fragile"}
+                                                     "fragile", "patient"}
     assert httpx.get(f"{gateway.base}/healthz").json()["status"] == "ok"
     assert httpx.get(f"{gateway.base}/metrics").status_code == 401
     client.chat.completions.create(model="default", messages=HELLO)
@@ -348,21 +349,24 @@ def _hung_up(server: FaultServer, model: str, within: float = 5.0) -> bool:
 
 
 def test_a_client_that_hangs_up_closes_the_upstream_request(gateway: Gateway, server: FaultServer) -> None:
-    server.script("primary", faults.hang(30))
-    started = time.monotonic()
+    server.script("patient", faults.hang(30))  # the target's timeout is 20 s
     with pytest.raises(httpx.ReadTimeout):
-        post(gateway, {"model": "default", "messages": HELLO}, timeout=httpx.Timeout(30, read=1.0))
-    assert _hung_up(server, "primary"), "the gateway kept the upstream request open after its client left"
-    assert server.hangups("primary")[0] - started < 5.0
+        post(gateway, {"model": "patient", "messages": HELLO}, timeout=httpx.Timeout(30, read=1.0))
+    left = time.monotonic()
+    assert _hung_up(server, "patient", within=3.0), "the gateway kept the upstream request open after its client left"
+    assert server.hangups("patient")[0] - left < 3.0
     assert server.count("secondary") == 0  # cancelled, not failed over
 
 
 def test_a_stream_client_that_hangs_up_closes_the_stalled_upstream_stream(gateway: Gateway,
                                                                           server: FaultServer) -> None:
-    server.script("primary", faults.stream("one two three four five", stall_after=2, stall_seconds=30))
+    server.script("patient", faults.stream("one two three four five", stall_after=2, stall_seconds=30))
     with httpx.stream("POST", f"{gateway.url}/chat/completions", headers=AUTH, timeout=30,
-                      json={"model": "default", "messages": HELLO, "stream": True}) as reply:
+                      json={"model": "patient", "messages": HELLO, "stream": True}) as reply:
         lines = reply.iter_lines()
         got = [next(lines) for _ in range(5)]  # role chunk, blank, 'one ', blank, 'two '
+    left = time.monotonic()
     assert "two" in got[-1]
-    assert _hung_up(server, "primary"), "the gateway kept reading a stalled stream after its client left"
+    assert _hung_up(server, "patient", within=3.0), "the gateway kept reading a stalled stream after its client left"
+    assert server.hangups("patient")[0] - left < 3.0  # the stall would have lasted 20 s
+    assert server.count("secondary") == 0
