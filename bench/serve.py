@@ -8,9 +8,13 @@ request when its last one answered). Contenders, each a separate process:
 - ``direct``: the upstream itself (the floor);
 - ``ours``: ``router serve`` (1 worker: Starlette on uvicorn, uvloop + httptools), a
   chain of one target pointing at the upstream;
+- ``router_in_process``: ``Router.acomplete`` in the benchmark's own process, the same
+  target: the router and litellm without the gateway's HTTP hop, so ``ours`` minus this is
+  what the gateway layer itself adds;
 - ``ours_granian``: the same app served by granian (``--stack``: the stack comparison;
   granian is installed into ``bench/.deps-granian`` with ``pip install --target``, it is
-  not a dependency of the package);
+  not a dependency of the package); with it, the two stacks alone: GET /v1/models (auth,
+  JSON, no upstream) at 16 concurrent;
 - ``litellm_proxy``: LiteLLM's proxy (``litellm`` at our pinned version, in its own
   virtualenv ``bench/.venv-litellm-proxy``, made on first use: litellm[proxy] pins a
   `litellm-proxy` package the index here lacks, so its server's own dependencies are
@@ -69,11 +73,12 @@ def _pinned(name: str) -> str:
 
 
 class Contender:
-    """A server process answering POST {base}/chat/completions for `model`."""
+    """A server process answering POST {base}/chat/completions for `model` (or, with
+    `call`, a coroutine function run in this process instead of an HTTP request)."""
 
     def __init__(self, name: str, base: str, model: str, key: str | None,
-                 proc: subprocess.Popen[bytes] | None = None) -> None:
-        self.name, self.base, self.model, self.key, self.proc = name, base, model, key, proc
+                 proc: subprocess.Popen[bytes] | None = None, call: Any = None) -> None:
+        self.name, self.base, self.model, self.key, self.proc, self.call = name, base, model, key, proc, call
 
     def wait_ready(self, path: str, timeout: float) -> None:
         import httpx
@@ -186,9 +191,26 @@ general_settings: {{master_key: {LITELLM_MASTER_KEY}}}
     return contender
 
 
-async def block(client: Any, contender: Contender, concurrency: int, n: int) -> tuple[float, list[float], int]:
+def in_process_router(upstream: str) -> Contender:
+    """`Router.acomplete` in this process, same upstream: what the router itself (and
+    litellm under it) costs, without the gateway's HTTP hop."""
+    from router import Router
+
+    router = Router.from_dict({"defaults": {"timeout": 30, "retry": {"attempts": 1}},
+                               "targets": {"primary": {"model": "openai/m", "api_base": upstream, "api_key": API_KEY}},
+                               "chains": {"default": ["primary"]}})
+
+    async def call() -> int:
+        await router.acomplete(HI, max_tokens=16)
+        return 200
+
+    return Contender("router_in_process", upstream, "m", None, call=call)
+
+
+async def block(client: Any, contender: Contender, concurrency: int, n: int,
+                path: str = "/chat/completions") -> tuple[float, list[float], int]:
     """`n` requests from `concurrency` workers: (wall seconds, latencies, failures)."""
-    url = f"{contender.base}/chat/completions"
+    url = f"{contender.base}{path}"
     body = {"model": contender.model, "messages": HI, "max_tokens": 16}
     headers = {"authorization": f"Bearer {contender.key}"} if contender.key else {}
     latencies: list[float] = []
@@ -196,14 +218,21 @@ async def block(client: Any, contender: Contender, concurrency: int, n: int) -> 
     left = n
     perf = time.perf_counter
 
+    async def request() -> int:
+        if contender.call is not None:
+            return await contender.call()
+        if path != "/chat/completions":
+            return (await client.get(url, headers=headers)).status_code
+        return (await client.post(url, json=body, headers=headers)).status_code
+
     async def worker() -> None:
         nonlocal left, failures
         while left > 0:
             left -= 1
             t = perf()
-            reply = await client.post(url, json=body, headers=headers)
+            status = await request()
             latencies.append(perf() - t)
-            if reply.status_code != 200:
+            if status != 200:
                 failures += 1
 
     started = perf()
@@ -230,6 +259,17 @@ async def measure(contenders: list[Contender], rounds: int, sizes: dict[int, int
                     per[c.name]["rps"].append(len(latencies) / wall)
                     per[c.name]["fail"].append(failures)
             results[concurrency] = per
+        servers = [c for c in contenders if c.name in ("ours", "ours_granian")]
+        if len(servers) == 2:  # the stacks alone: GET /v1/models (auth, JSON), no upstream call
+            per = {c.name: {"p50": [], "p99": [], "rps": [], "fail": []} for c in servers}
+            for order in rotations(servers, rounds):
+                for c in order:
+                    wall, latencies, failures = await block(client, c, 16, sizes[16], "/models")
+                    per[c.name]["p50"].append(quantile(latencies, 0.5) * 1000)
+                    per[c.name]["p99"].append(quantile(latencies, 0.99) * 1000)
+                    per[c.name]["rps"].append(len(latencies) / wall)
+                    per[c.name]["fail"].append(failures)
+            results["stack"] = per
     return results
 
 
@@ -243,6 +283,7 @@ def run(report: Report, quick: bool = False, stack: bool = False) -> None:
         try:
             contenders.append(Contender("direct", upstream.url, "m", None))
             contenders.append(start_ours(folder, upstream.url))
+            contenders.append(in_process_router(upstream.url))
             if stack:
                 granian = start_ours_granian(folder, upstream.url)
                 if granian is not None:
@@ -257,6 +298,13 @@ def run(report: Report, quick: bool = False, stack: bool = False) -> None:
             for c in contenders:
                 c.stop()
     summary: dict[str, Any] = {}
+    stack = results.pop("stack", None)
+    if stack is not None:
+        for name, values in stack.items():
+            summary[f"{name}_models@16"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
+                                            "rps": median(values["rps"])}
+            report.line(f"stack, GET /v1/models, c=16: {name:<13} p50 {median(values['p50']):7.2f} ms  p99 "
+                        f"{median(values['p99']):7.2f} ms  {median(values['rps']):7.0f} req/s")
     for concurrency, per in results.items():
         direct = per["direct"]
         for name, values in per.items():
@@ -277,6 +325,8 @@ def run(report: Report, quick: bool = False, stack: bool = False) -> None:
     report.ratio("serve_added_p99_ms_c16", ours["added_p99_ms"], f"<= {TARGET_P99_MS}",
                  ours["added_p99_ms"] <= TARGET_P99_MS)
     report.ratio("serve_added_p50_ms_c1", summary["ours@1"]["added_p50_ms"], "reported", None)
+    report.ratio("serve_gateway_hop_p50_ms_c16", ours["p50_ms"] - summary["router_in_process@16"]["p50_ms"],
+                 "reported", None)
     report.ratio("serve_rps_per_worker_c16", ours["rps"], "reported", None)
     if "ours_granian@16" in summary:
         report.ratio("serve_granian_added_p50_ms_c16", summary["ours_granian@16"]["added_p50_ms"], "reported", None)
