@@ -42,7 +42,8 @@ log = logging.getLogger("router.serve")
 CONFIG_ENV = "ROUTER_SERVE_CONFIG"  # how `--workers` hands each worker process the config file
 _JSON = "application/json"
 _NOT_CALL_PARAMS = ("chain", "deadline")  # acomplete's own arguments: never from a request body
-CLIENT_CLOSED_REQUEST = 499  # logged, never sent: the client is gone
+CLIENT_CLOSED_REQUEST = 499  # counted, never sent: the client is gone
+_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/models", "/healthz", "/readyz", "/metrics"})
 
 
 class Gateway:
@@ -176,7 +177,8 @@ class Gateway:
         return Response(exc.body(), status_code=exc.status, media_type=_JSON, headers=exc.headers)
 
     def count(self, request: Request, status: int) -> None:
-        self.answered.labels(request.url.path, str(status)).inc()
+        path = request.url.path
+        self.answered.labels(path if path in _PATHS else "other", str(status)).inc()  # no label per unknown path
 
 
 def build_app(config: RouterConfig) -> Starlette:

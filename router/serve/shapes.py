@@ -18,7 +18,6 @@ extensions instead:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
@@ -38,8 +37,9 @@ def openai_dict(answer: Any) -> dict[str, Any]:
 
 
 def route_dict(route: Any) -> dict[str, Any]:
-    """The route as plain data (the `router` extension field)."""
-    return asdict(route)
+    """The route as plain data (the `router` extension field); by its attributes, not
+    `dataclasses.asdict`, whose deep copies cost ~0.1 ms an answer here."""
+    return {**vars(route), "attempts": [dict(vars(a)) for a in route.attempts], "notes": list(route.notes)}
 
 
 def route_headers(route: Any) -> dict[str, str]:
