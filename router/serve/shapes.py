@@ -8,7 +8,7 @@ extensions instead:
   `"router": {"chain", "served_by", "degraded", "attempts": [...], "notes", ...}` (the
   openai SDK keeps unknown fields: `resp.model_extra["router"]`);
 - streams: the same headers (who served the first content), a restart marker that is an
-  ordinary chunk with an empty delta and `"router": {"restart": true}`, and the last
+  ordinary chunk with no text (`delta.content` "") and `"router": {"restart": true}`, and the last
   chunk (the one with `finish_reason`) carrying `"router": {route}` once the stream ended;
 - errors: `{"error": {"message", "type", "code", "param"}}`; inside a stream that broke
   after content, one `data: {"error": ...}` event and no `[DONE]` (the openai SDK raises
