@@ -1,6 +1,6 @@
-"""``python -m bench [SCENARIO ...|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict]``
+"""``python -m bench [SCENARIO ...|all] [--quick] [--server process|thread] [--litellm-real-backoff] [--strict] [--stack]``
 
-SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache, streams, otel (several may be given; default: all)."""
+SCENARIO: overhead, outage, local, coldstart, parallel, async, fleet, ratelimit, cache, streams, otel, serve (several may be given; default: all)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from .common import Report, machine, setup_environment
 
 SCENARIOS = ("overhead", "outage", "local", "coldstart", "parallel", "async", "fleet", "ratelimit", "cache", "streams",
-             "otel")
+             "otel", "serve")
 _MODULES = {"async": "asyncload", "streams": "streamrecovery"}  # scenario -> module of bench/, where the names differ
 
 
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm-real-backoff", action="store_true",
                         help="outage: let litellm.Router sleep its full backoff (adds minutes)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--stack", action="store_true", help="serve: also the gateway app on granian")
     args = parser.parse_args(argv)
     unknown = [s for s in args.scenario if s not in (*SCENARIOS, "all")]
     if unknown:
@@ -55,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
             outage.run(report, quick=args.quick, server_mode=args.server,
                        litellm_real_backoff=args.litellm_real_backoff)
+        elif name == "serve":
+            from . import serve
+
+            serve.run(report, quick=args.quick, stack=args.stack)
         else:
             module = importlib.import_module(f".{_MODULES.get(name, name)}", __package__)
             module.run(report, quick=args.quick)

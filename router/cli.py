@@ -91,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="replay the log against the current and the recommended config (simulated clock)")
     advise.set_defaults(run=_advise)
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible gateway: POST /v1/chat/completions, "
+                                              "`model` names a chain (pip install 'failover-router[serve]')")
+    _config_option(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another "
+                                                           "needs server.keys)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (share state with Redis)")
+    serve.add_argument("--grace", type=float, default=30.0,
+                       help="SIGTERM: seconds in-flight calls may go on before they are cancelled (default 30)")
+    serve.set_defaults(run=_serve)
+
     models = commands.add_parser("models", help="fetch the default local model")
     models.add_argument("action", choices=["pull"])
     models.add_argument("--dest", default=None, help="folder for the GGUF (default: ./models)")
@@ -375,6 +386,16 @@ def _write_config(source: str, dest: str, found: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve.process import serve
+    except ImportError as exc:
+        print(f"router: `router serve` needs the serve extra: pip install 'failover-router[serve]' ({exc})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return serve(args.config, host=args.host, port=args.port, workers=args.workers, grace=args.grace)
 
 
 def _models(args: argparse.Namespace) -> int:

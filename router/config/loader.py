@@ -24,6 +24,7 @@ import yaml
 from ..errors import ConfigError, InvalidRequest
 from ..observe.redact import Secret
 from ..request import ROUTER_OWNED_PARAMS, check_params
+from .server_section import server_section
 from .strict_yaml import load_yaml
 from .schema import (MID_STREAM_CHOICES, MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
                      LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
@@ -32,7 +33,7 @@ log = logging.getLogger("router")
 
 
 PROVIDERS = ("litellm", "llama_cpp", "cache")
-_TOP_KEYS = ("defaults", "targets", "chains", "state", "offline", "events")
+_TOP_KEYS = ("defaults", "targets", "chains", "state", "offline", "events", "server")
 # Scalar target settings that `defaults` may set for every target: (type, minimum, > 0, maximum).
 _LIMITS: dict[str, tuple[type, float, bool, float | None]] = {
     "timeout": (float, 0, True, MAX_DURATION_S),
@@ -126,7 +127,8 @@ class _Loader:
         self.check_cache_backends(targets, state)
         events = self.build(EventsConfig, top.get("events", {}), "events", EventsConfig())
         return RouterConfig(targets=targets, chains=chains, deadline=deadline, state=state,
-                            offline=offline, events=events, source=self.file)
+                            offline=offline, events=events, source=self.file,
+                            server=server_section(self, top.get("server"), chains))
 
     # -- sections ---------------------------------------------------------------------
 

@@ -177,6 +177,29 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class ServerKey:
+    """One client key of `router serve` (serve/auth.py). Only the key's sha256 is kept: a
+    `key:` in the config is hashed as it is loaded, `key_sha256:` is taken as written."""
+
+    name: str
+    key_sha256: str  # 64 lower-case hex digits
+    chains: tuple[str, ...] | None = None  # the chains this key may call; None: every chain
+    rate_limit: RateLimitPolicy = RateLimitPolicy()  # the same limiter as a target's, per key
+
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The `server:` section, read by `router serve` only (config/server_section.py). No keys:
+    the gateway asks for none and binds to loopback only."""
+
+    keys: tuple[ServerKey, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+@dataclass(frozen=True)
 class RouterConfig:
     targets: Mapping[str, TargetConfig]
     chains: Mapping[str, ChainConfig]
@@ -185,3 +208,4 @@ class RouterConfig:
     offline: bool = False
     events: EventsConfig = EventsConfig()
     source: str = "<dict>"
+    server: ServerConfig = ServerConfig()

@@ -1,0 +1,339 @@
+"""The gateway (scenario ``serve``): what `router serve` adds to a call, next to LiteLLM's proxy.
+
+One healthy upstream: the fault server in a process of its own (``faults.ok()``, no
+delay). One client for every contender: an ``httpx.AsyncClient`` posting the same chat
+completion JSON, at concurrency 1 and 16 (a pool of worker tasks, each taking the next
+request when its last one answered). Contenders, each a separate process:
+
+- ``direct``: the upstream itself (the floor);
+- ``ours``: ``router serve`` (1 worker: Starlette on uvicorn, uvloop + httptools), a
+  chain of one target pointing at the upstream;
+- ``router_in_process``: ``Router.acomplete`` in the benchmark's own process, the same
+  target: the router and litellm without the gateway's HTTP hop, so ``ours`` minus this is
+  what the gateway layer itself adds;
+- ``ours_granian``: the same app served by granian (``--stack``: the stack comparison;
+  granian is installed into ``bench/.deps-granian`` with ``pip install --target``, it is
+  not a dependency of the package); with it, the two stacks alone: GET /v1/models (auth,
+  JSON, no upstream) at 16 concurrent;
+- ``litellm_proxy``: LiteLLM's proxy (``litellm`` at our pinned version, in its own
+  virtualenv ``bench/.venv-litellm-proxy``, made on first use: litellm[proxy] pins a
+  `litellm-proxy` package the index here lacks, so its server's own dependencies are
+  installed by name), the same upstream as its one model, retries off.
+
+ROUNDS rounds, the contenders' order rotated each round; per round and contender, the
+p50 and p99 of the per-request latency; added latency = contender minus ``direct`` in the
+same round; reported: the median over rounds. Targets for ``ours`` at 16 concurrent:
+added p50 <= 1 ms, p99 <= 3 ms, and less than a third of LiteLLM's proxy's added p99.
+Requests per second per worker: at 16 concurrent, block size / wall time.
+The router's targets reach the upstream through litellm here (~3.5 ms of event-loop CPU a
+request by the ``async`` scenario): that cost is in ``ours``, and is what a
+`transport: openai` target saves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import API_KEY, HI, ROOT, CliServer, Report, median, quantile, rotations
+
+GATEWAY_KEY = "bench-gateway-key-0123456789abcdef"
+LITELLM_MASTER_KEY = "sk-bench-master-key-0123456789abcdefghij"
+CONCURRENCIES = (1, 16)
+ROUNDS, BLOCK = 6, {1: 150, 16: 480}
+QUICK_ROUNDS, QUICK_BLOCK = 2, {1: 40, 16: 96}
+TARGET_P50_MS, TARGET_P99_MS, TARGET_SHARE_OF_LITELLM = 1.0, 3.0, 1 / 3
+PROXY_VENV = Path(__file__).resolve().parent / ".venv-litellm-proxy"
+GRANIAN_DEPS = Path(__file__).resolve().parent / ".deps-granian"
+PROXY_PACKAGES = ("fastapi", "uvicorn[standard]", "orjson", "apscheduler", "pyjwt", "backoff", "python-multipart",
+                  "cryptography", "email-validator", "redis", "semver", "expression", "fastapi-sso", "mcp",
+                  "soundfile")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pinned(name: str) -> str:
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.strip()
+    return name
+
+
+class Contender:
+    """A server process answering POST {base}/chat/completions for `model` (or, with
+    `call`, a coroutine function run in this process instead of an HTTP request)."""
+
+    def __init__(self, name: str, base: str, model: str, key: str | None,
+                 proc: subprocess.Popen[bytes] | None = None, call: Any = None) -> None:
+        self.name, self.base, self.model, self.key, self.proc, self.call = name, base, model, key, proc, call
+
+    def wait_ready(self, path: str, timeout: float) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
+            try:
+                if httpx.get(self.base.removesuffix("/v1") + path, timeout=2).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"{self.name} did not answer {path} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _gateway_config(folder: Path, upstream: str) -> Path:
+    path = folder / "gateway.yaml"
+    path.write_text(f"""defaults: {{timeout: 30, retry: {{attempts: 1}}}}
+targets:
+  primary: {{model: openai/m, api_base: "{upstream}", api_key: {API_KEY}}}
+chains:
+  default: [primary]
+server:
+  keys:
+    - {{name: bench, key: {GATEWAY_KEY}}}
+""")
+    return path
+
+
+def start_ours(folder: Path, upstream: str) -> Contender:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(_gateway_config(folder, upstream)),
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    contender = Contender("ours", f"http://127.0.0.1:{port}/v1", "default", GATEWAY_KEY, proc)
+    contender.wait_ready("/healthz", 120)
+    return contender
+
+
+def start_ours_granian(folder: Path, upstream: str) -> Contender | None:
+    if not (GRANIAN_DEPS / "granian").exists():
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--target", str(GRANIAN_DEPS),
+                               "--no-deps", "granian==2.8.9"], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"granian could not be installed: {done.stderr[-300:]}")
+            return None
+    port = _free_port()
+    env = {**os.environ, "ROUTER_SERVE_CONFIG": str(_gateway_config(folder, upstream)),
+           "PYTHONPATH": os.pathsep.join([str(GRANIAN_DEPS), str(ROOT)])}
+    proc = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                             "--port", str(port), "--loop", "uvloop", "--workers", "1", "--log-level", "warning",
+                             "--factory", "router.serve.app:app_from_environment"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    contender = Contender("ours_granian", f"http://127.0.0.1:{port}/v1", "default", GATEWAY_KEY, proc)
+    contender.wait_ready("/healthz", 120)
+    return contender
+
+
+def litellm_proxy_venv(report: Report) -> Path | None:
+    """The proxy's virtualenv, made on first use (minutes); None when it cannot be made."""
+    litellm_bin = PROXY_VENV / "bin" / "litellm"
+    if litellm_bin.exists():
+        return litellm_bin
+    report.line(f"making {PROXY_VENV.relative_to(ROOT)} (litellm's proxy and its server dependencies) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(PROXY_VENV)], check=True)
+        subprocess.run([str(PROXY_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", _pinned("litellm"),
+                        *PROXY_PACKAGES], check=True, stdout=subprocess.DEVNULL)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        report.line(f"LiteLLM's proxy venv could not be made ({exc}); its column is left out")
+        shutil.rmtree(PROXY_VENV, ignore_errors=True)
+        return None
+    return litellm_bin
+
+
+def start_litellm_proxy(report: Report, folder: Path, upstream: str) -> Contender | None:
+    litellm_bin = litellm_proxy_venv(report)
+    if litellm_bin is None:
+        return None
+    config = folder / "litellm-proxy.yaml"
+    config.write_text(f"""model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "{upstream}", api_key: {API_KEY}, max_retries: 0}}
+litellm_settings: {{num_retries: 0, request_timeout: 30, drop_params: true}}
+general_settings: {{master_key: {LITELLM_MASTER_KEY}}}
+""")
+    port = _free_port()
+    env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "LITELLM_LOG": "ERROR", "PYTHONPATH": ""}
+    proc = subprocess.Popen([str(litellm_bin), "--config", str(config), "--port", str(port), "--host", "127.0.0.1",
+                             "--num_workers", "1"], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(folder / "litellm-proxy.log", "wb"))
+    contender = Contender("litellm_proxy", f"http://127.0.0.1:{port}/v1", "m", LITELLM_MASTER_KEY, proc)
+    try:
+        contender.wait_ready("/health/liveliness", 240)
+    except RuntimeError as exc:
+        report.line(f"LiteLLM's proxy did not start: {exc}; see {folder / 'litellm-proxy.log'}")
+        contender.stop()
+        return None
+    return contender
+
+
+def in_process_router(upstream: str) -> Contender:
+    """`Router.acomplete` in this process, same upstream: what the router itself (and
+    litellm under it) costs, without the gateway's HTTP hop."""
+    from router import Router
+
+    router = Router.from_dict({"defaults": {"timeout": 30, "retry": {"attempts": 1}},
+                               "targets": {"primary": {"model": "openai/m", "api_base": upstream, "api_key": API_KEY}},
+                               "chains": {"default": ["primary"]}})
+
+    async def call() -> int:
+        await router.acomplete(HI, max_tokens=16)
+        return 200
+
+    return Contender("router_in_process", upstream, "m", None, call=call)
+
+
+async def block(client: Any, contender: Contender, concurrency: int, n: int,
+                path: str = "/chat/completions") -> tuple[float, list[float], int]:
+    """`n` requests from `concurrency` workers: (wall seconds, latencies, failures)."""
+    url = f"{contender.base}{path}"
+    body = {"model": contender.model, "messages": HI, "max_tokens": 16}
+    headers = {"authorization": f"Bearer {contender.key}"} if contender.key else {}
+    latencies: list[float] = []
+    failures = 0
+    left = n
+    perf = time.perf_counter
+
+    async def request() -> int:
+        if contender.call is not None:
+            return await contender.call()
+        if path != "/chat/completions":
+            return (await client.get(url, headers=headers)).status_code
+        return (await client.post(url, json=body, headers=headers)).status_code
+
+    async def worker() -> None:
+        nonlocal left, failures
+        while left > 0:
+            left -= 1
+            t = perf()
+            status = await request()
+            latencies.append(perf() - t)
+            if status != 200:
+                failures += 1
+
+    started = perf()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return perf() - started, latencies, failures
+
+
+async def measure(contenders: list[Contender], rounds: int, sizes: dict[int, int]) -> dict[str, Any]:
+    import httpx
+
+    results: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64,
+                                                                 max_keepalive_connections=64)) as client:
+        for c in contenders:  # warm: connections, lazy imports, first-call paths
+            await block(client, c, 16, 64)
+        for concurrency in CONCURRENCIES:
+            per: dict[str, dict[str, list[float]]] = {c.name: {"p50": [], "p99": [], "rps": [], "fail": []}
+                                                      for c in contenders}
+            for order in rotations(contenders, rounds):
+                for c in order:
+                    wall, latencies, failures = await block(client, c, concurrency, sizes[concurrency])
+                    per[c.name]["p50"].append(quantile(latencies, 0.5) * 1000)
+                    per[c.name]["p99"].append(quantile(latencies, 0.99) * 1000)
+                    per[c.name]["rps"].append(len(latencies) / wall)
+                    per[c.name]["fail"].append(failures)
+            results[concurrency] = per
+        servers = [c for c in contenders if c.name in ("ours", "ours_granian")]
+        if len(servers) == 2:  # the stacks alone: GET /v1/models (auth, JSON), no upstream call
+            per = {c.name: {"p50": [], "p99": [], "rps": [], "fail": []} for c in servers}
+            for order in rotations(servers, rounds):
+                for c in order:
+                    wall, latencies, failures = await block(client, c, 16, sizes[16], "/models")
+                    per[c.name]["p50"].append(quantile(latencies, 0.5) * 1000)
+                    per[c.name]["p99"].append(quantile(latencies, 0.99) * 1000)
+                    per[c.name]["rps"].append(len(latencies) / wall)
+                    per[c.name]["fail"].append(failures)
+            results["stack"] = per
+    return results
+
+
+def run(report: Report, quick: bool = False, stack: bool = False) -> None:
+    from router.testing import faults
+
+    rounds, sizes = (QUICK_ROUNDS, QUICK_BLOCK) if quick else (ROUNDS, BLOCK)
+    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    contenders: list[Contender] = []
+    with CliServer(default=faults.ok()) as upstream:
+        try:
+            contenders.append(Contender("direct", upstream.url, "m", None))
+            contenders.append(start_ours(folder, upstream.url))
+            contenders.append(in_process_router(upstream.url))
+            if stack:
+                granian = start_ours_granian(folder, upstream.url)
+                if granian is not None:
+                    contenders.append(granian)
+            proxy = start_litellm_proxy(report, folder, upstream.url)
+            if proxy is not None:
+                contenders.append(proxy)
+            report.line(f"contenders: {', '.join(c.name for c in contenders)}; {rounds} rounds; "
+                        f"blocks {sizes}; load average {os.getloadavg()[0]:.2f}")
+            results = asyncio.run(measure(contenders, rounds, sizes))
+        finally:
+            for c in contenders:
+                c.stop()
+    summary: dict[str, Any] = {}
+    stack = results.pop("stack", None)
+    if stack is not None:
+        for name, values in stack.items():
+            summary[f"{name}_models@16"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
+                                            "rps": median(values["rps"])}
+            report.line(f"stack, GET /v1/models, c=16: {name:<13} p50 {median(values['p50']):7.2f} ms  p99 "
+                        f"{median(values['p99']):7.2f} ms  {median(values['rps']):7.0f} req/s")
+    for concurrency, per in results.items():
+        direct = per["direct"]
+        for name, values in per.items():
+            added50 = median(a - d for a, d in zip(values["p50"], direct["p50"]))
+            added99 = median(a - d for a, d in zip(values["p99"], direct["p99"]))
+            rps = median(values["rps"])
+            summary[f"{name}@{concurrency}"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
+                                                "added_p50_ms": added50, "added_p99_ms": added99,
+                                                "rps": rps, "failures": sum(values["fail"])}
+            report.line(f"c={concurrency:<2} {name:<14} p50 {median(values['p50']):7.2f} ms  p99 "
+                        f"{median(values['p99']):7.2f} ms  added p50 {added50:+7.2f} ms  p99 {added99:+7.2f} ms  "
+                        f"{rps:7.0f} req/s  failures {sum(values['fail'])}")
+    report.data["results"] = summary
+    report.data["load_after"] = os.getloadavg()
+    ours = summary["ours@16"]
+    report.ratio("serve_added_p50_ms_c16", ours["added_p50_ms"], f"<= {TARGET_P50_MS}",
+                 ours["added_p50_ms"] <= TARGET_P50_MS)
+    report.ratio("serve_added_p99_ms_c16", ours["added_p99_ms"], f"<= {TARGET_P99_MS}",
+                 ours["added_p99_ms"] <= TARGET_P99_MS)
+    report.ratio("serve_added_p50_ms_c1", summary["ours@1"]["added_p50_ms"], "reported", None)
+    report.ratio("serve_gateway_hop_p50_ms_c16", ours["p50_ms"] - summary["router_in_process@16"]["p50_ms"],
+                 "reported", None)
+    report.ratio("serve_rps_per_worker_c16", ours["rps"], "reported", None)
+    if "ours_granian@16" in summary:
+        report.ratio("serve_granian_added_p50_ms_c16", summary["ours_granian@16"]["added_p50_ms"], "reported", None)
+        report.ratio("serve_granian_rps_c16", summary["ours_granian@16"]["rps"], "reported", None)
+    if "litellm_proxy@16" in summary:
+        theirs = summary["litellm_proxy@16"]
+        share = ours["added_p99_ms"] / theirs["added_p99_ms"] if theirs["added_p99_ms"] > 0 else float("inf")
+        report.ratio("serve_added_p99_share_of_litellm_proxy_c16", share, f"< {TARGET_SHARE_OF_LITELLM:.3f}",
+                     share < TARGET_SHARE_OF_LITELLM)
+        report.ratio("serve_litellm_proxy_rps_c16", theirs["rps"], "reported", None)
