@@ -4,6 +4,8 @@
   contract), their metadata the bounds the loader checks;
 - loader.py: YAML or a dict to those dataclasses, `${VAR}` interpolation, every error a
   `ConfigError` naming the file and key path;
+- values.py: one value at its key path, checked against the dataclasses (`ValueChecker`,
+  the base of the loader; server_section.py uses its checks too);
 - strict_yaml.py: pyyaml's safe loader made strict (duplicate keys, YAML 1.1 booleans as
   keys, self-referencing aliases are errors with a line number).
 

@@ -2,20 +2,19 @@
 
 Every mistake is a `ConfigError` naming the file and the key path, never a KeyError
 from deep inside a call. The schema is the dataclasses of schema.py: their fields, types
-and `metadata` (minimum values, allowed choices) are what is checked here, and the keys a
-target accepts are the fields of `TargetConfig`, so a key is declared in one place.
+and `metadata` (minimum values, allowed choices) are what is checked (values.py checks each
+value), and the keys a target accepts are the fields of `TargetConfig`, so a key is
+declared in one place. This module holds the sections: defaults, targets (remote, llama_cpp,
+cache), chains, state; `server:` is server_section.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
-import types
-import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, fields, is_dataclass, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..errors import ConfigError, InvalidRequest
 from ..observe.redact import Secret
 from ..request import ROUTER_OWNED_PARAMS, check_params
 from .server_section import server_section
+from .values import ValueChecker, interpolate, kind_of
 from .strict_yaml import load_yaml
 from .schema import (MID_STREAM_CHOICES, MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
                      LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
@@ -50,8 +50,6 @@ _CACHE_OPTION_KEYS = tuple(f.name for f in fields(CacheOptions))
 _CACHE_TARGET_KEYS = ("provider", "degraded", "timeout", "breaker", *_CACHE_OPTION_KEYS)
 DEFAULT_CACHE_FILE = ".router-cache.sqlite"
 _CHAIN_KEYS = ("targets", "static_reply", "on_content_policy", "mid_stream", "max_recoveries")
-_ENV = re.compile(r"\$\{([^}]*)\}")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def load_config(path: str | os.PathLike[str]) -> RouterConfig:
@@ -82,13 +80,12 @@ def config_from_dict(data: Any, *, source: str = "<dict>", base_dir: Path | None
                           file=source) from None
 
 
-class _Loader:
-    def __init__(self, file: str, base_dir: Path) -> None:
-        self.file = file
-        self.base_dir = base_dir
+class _Loader(ValueChecker):
+    """The sections, in order; each value is checked by `ValueChecker` (values.py)."""
 
-    def error(self, path: str, message: str) -> ConfigError:
-        return ConfigError(message, file=self.file, key_path=path)
+    def __init__(self, file: str, base_dir: Path) -> None:
+        super().__init__(file)
+        self.base_dir = base_dir
 
     def load(self, data: Any) -> RouterConfig:
         if data is None:
@@ -135,7 +132,7 @@ class _Loader:
     def target(self, name: str, raw: Any, base: TargetConfig) -> TargetConfig:
         path = f"targets.{name}"
         missing_env: list[str] = []
-        raw = _interpolate(raw, path, self, missing_env)
+        raw = interpolate(raw, path, self, missing_env)
         provider = raw.get("provider", "litellm") if isinstance(raw, Mapping) else "litellm"
         if provider not in PROVIDERS:
             raise self.error(f"{path}.provider", f"expected one of {', '.join(PROVIDERS)}, got {provider!r}")
@@ -231,12 +228,12 @@ class _Loader:
         members = data.get("targets")
         members_path = f"{path}.targets" if not isinstance(raw, list) else path
         if not isinstance(members, list):
-            raise self.error(members_path, f"expected a list of target names, got {_kind(members)}")
+            raise self.error(members_path, f"expected a list of target names, got {kind_of(members)}")
         if not members:
             raise self.error(members_path, "the chain is empty; list at least one target")
         for i, member in enumerate(members):
             if not isinstance(member, str):
-                raise self.error(f"{members_path}[{i}]", f"expected a target name, got {_kind(member)}")
+                raise self.error(f"{members_path}[{i}]", f"expected a target name, got {kind_of(member)}")
             if member not in targets:
                 raise self.error(f"{members_path}[{i}]", f"unknown target {member!r}; "
                                                          f"defined targets: {', '.join(targets)}")
@@ -292,11 +289,6 @@ class _Loader:
                                    f"translation (transport: litellm)")
         return transport
 
-    def choice(self, raw: Any, path: str, choices: tuple[str, ...]) -> str:
-        if raw not in choices:
-            raise self.error(path, f"expected {' or '.join(choices)}, got {raw!r}")
-        return raw
-
     def check_state(self, state: StateConfig) -> None:
         if state.backend == "redis":
             if not state.url:
@@ -307,129 +299,3 @@ class _Loader:
             raise self.error("state.url", "only the redis backend takes a url")
         elif state.required:
             raise self.error("state.required", "only the redis backend can be required")
-
-    # -- values -----------------------------------------------------------------------
-
-    def resolved(self, raw: Any, path: str) -> Any:
-        """Interpolate env vars where an unset one is an error, not a disabled target."""
-        missing: list[str] = []
-        value = _interpolate(raw, path, self, missing)
-        if missing:
-            raise self.error(path, missing[0])
-        return value
-
-    def mapping(self, raw: Any, path: str, allowed: tuple[str, ...] | None = None) -> dict[str, Any]:
-        if not isinstance(raw, Mapping):
-            raise self.error(path, f"expected a mapping, got {_kind(raw)}")
-        if allowed is not None:
-            for key in raw:
-                if key not in allowed:
-                    where = f"{path}.{key}" if path else str(key)
-                    raise self.error(where, f"unknown key; expected one of: {', '.join(allowed)}")
-        return dict(raw)
-
-    def value(self, raw: Any, path: str, kind: type) -> Any:
-        shown = f"a {type(raw).__name__}" if path.endswith("api_key") else _kind(raw)  # never echo a key
-        if kind is bool and not isinstance(raw, bool):
-            raise self.error(path, f"expected true or false, got {shown}")
-        if kind is str and not isinstance(raw, str):
-            raise self.error(path, f"expected a string, got {shown}")
-        return raw
-
-    def number(self, raw: Any, path: str, *, integer: bool = False, minimum: float = 0.0,
-               positive: bool = False, maximum: float | None = None) -> Any:
-        ok = isinstance(raw, int) if integer else isinstance(raw, (int, float))
-        if isinstance(raw, bool) or not ok or (isinstance(raw, float) and not math.isfinite(raw)):
-            raise self.error(path, f"expected {'a whole number' if integer else 'a number'}, got {_kind(raw)}")
-        if positive and raw <= 0:
-            raise self.error(path, f"expected a number > 0, got {raw}")
-        if raw < minimum:
-            raise self.error(path, f"expected a number >= {minimum:g}, got {raw}")
-        if maximum is not None and raw > maximum:
-            unit = " seconds (one day)" if maximum == MAX_DURATION_S else ""
-            shown = str(raw) if len(str(raw)) <= 24 else f"{str(raw)[:20]}..."
-            raise self.error(path, f"expected at most {maximum:g}{unit}, got {shown}")
-        return raw
-
-    def build(self, cls: type, raw: Any, path: str, base: Any = None) -> Any:
-        """Validate `raw` against dataclass `cls` and lay it over `base`."""
-        hints = typing.get_type_hints(cls)
-        known = {f.name: f for f in fields(cls)}
-        data = self.mapping(raw, path, tuple(known))
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if is_dataclass(hints[key]):  # a nested section, laid over the base's
-                inner = getattr(base, key) if base is not None else hints[key]()
-                values[key] = self.build(hints[key], value, f"{path}.{key}", inner)
-            else:
-                values[key] = self.field_value(value, f"{path}.{key}", hints[key], known[key].metadata)
-        if base is None:
-            for name, f in known.items():
-                if name not in values and f.default is MISSING and f.default_factory is MISSING:
-                    raise self.error(f"{path}.{name}", "missing")
-            result = cls(**values)
-        else:
-            result = replace(base, **values)
-        if isinstance(result, RetryPolicy) and result.min_wait > result.max_wait:
-            raise self.error(f"{path}.min_wait", f"min_wait ({result.min_wait}) exceeds max_wait "
-                                                 f"({result.max_wait})")
-        return result
-
-    def field_value(self, raw: Any, path: str, hint: Any, metadata: Mapping[str, Any]) -> Any:
-        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
-        if optional:
-            if raw is None:
-                return None
-            hint = next(a for a in typing.get_args(hint) if a is not type(None))
-        if hint in (int, float):
-            return self.number(raw, path, integer=hint is int, minimum=metadata.get("min", 0.0),
-                               maximum=metadata.get("max"))
-        value = self.value(raw, path, hint)
-        choices = metadata.get("choices")
-        if choices and value not in choices:
-            raise self.error(path, f"expected one of {', '.join(choices)}, got {value!r}")
-        return value
-
-
-def _interpolate(raw: Any, path: str, loader: _Loader, missing: list[str]) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; note unset variables."""
-    if isinstance(raw, str):
-        if "${" not in raw:
-            return raw
-        if raw.count("${") != len(_ENV.findall(raw)):
-            raise loader.error(path, "unterminated ${...}; write ${NAME} or ${NAME:-default}")
-
-        def substitute(match: re.Match[str]) -> str:
-            name, sep, default = match.group(1).partition(":-")
-            if not _ENV_NAME.match(name):
-                raise loader.error(path, f"bad environment variable name {name!r} in ${{...}}")
-            value = os.environ.get(name)
-            if value:
-                return value
-            if sep:
-                return default
-            missing.append(f"environment variable {name} is " + ("not set" if value is None else "set but empty"))
-            return ""
-
-        return _ENV.sub(substitute, raw)
-    if isinstance(raw, Mapping):
-        return {k: _interpolate(v, f"{path}.{k}" if path else str(k), loader, missing) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_interpolate(v, f"{path}[{i}]", loader, missing) for i, v in enumerate(raw)]
-    return raw
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return type(value).__name__

@@ -9,8 +9,9 @@ static reply or `AllTargetsFailed`.
 
 - parts.py: the data the layers hand each other (`Crew`, `Member`, `Admission`, `Won`,
   `StreamEnd`, `Verdict`, `NoCapacity`, `Throttled`);
-- decisions.py: the core, `Walk` (the call) and `Tries` (one target): every decision and
-  record, no I/O;
+- decisions.py: the core, `Walk` (the call) and `Tries` (one target): every decision, no I/O;
+- record.py: `CallRecord`, what a `Walk` leaves: the route (its attempts) and the events,
+  with what was measured for router advise;
 - facts.py: what the GenAI conventions name of a request and an answer, for the detail
   events (observe/events.py);
 - shells.py: the only loops, `chain_sync`/`chain_async` and `walk_sync`/`walk_async`,

@@ -1,5 +1,6 @@
-"""The walk's core: every decision of one call down one chain, and every record of it.
-No I/O and no sleep, so tests drive it without a network (tests/test_walk_core.py).
+"""The walk's core: every decision of one call down one chain (what they leave on the route
+and in events is record.py's, `CallRecord`, which `Walk` extends). No I/O and no sleep, so
+tests drive it without a network (tests/walk/test_decisions.py).
 
 `Walk` is the call: which targets are worth an attempt (the others recorded as skipped),
 what each attempt may take (timeout, rate-limit cost and wait), how an attempt ended
@@ -11,27 +12,23 @@ guards/retry.py) or give up.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..guards.circuit import CircuitOpen
-from ..cache.tier import CacheHit
 from ..deadline import Deadline
 from ..errors import AllTargetsFailed, ContentRejected, ProviderError, provider_error
-from ..observe.events import QUIET, Events
 from ..limits.limiter import Permit, Refusal, estimate_cost
 from ..outcomes import Failure, Outcome, TargetFailure, classify, handle
 from ..limits.buckets import Cost
 from ..request import Request
-from ..response import Attempt, Route, text_response
+from ..response import Attempt, text_response
 from ..guards.retry import MIN_ATTEMPT_S, Retries
 from ..config.schema import ChainConfig, TargetConfig
-from ..targets import Note
-from .facts import answer_facts, asked_of, max_tokens
+from .facts import asked_of
 from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Verdict, Won
+from .record import CallRecord
 
 if TYPE_CHECKING:
     from ..response import Response
@@ -39,40 +36,20 @@ if TYPE_CHECKING:
 _DETAIL_LIMIT = 500
 
 
-class Walk:
+class Walk(CallRecord):
     """One call down one chain: its route, its deadline, and every decision. No I/O."""
 
     def __init__(self, chain: ChainConfig, request: Request, deadline: Deadline, crew: Crew) -> None:
+        super().__init__(chain.name, request, crew.events)
         self.chain = chain
         self.request = request
         self.deadline = deadline
         self.crew = crew
-        self.route = Route(chain=chain.name)
         self.errors: dict[str, ProviderError] = {}
         self.broken: tuple[str, Verdict] | None = None  # the target whose stream broke, and how
         self.admitted: dict[str, int] = {}  # attempts admitted per target over the whole call
-        self._events = crew.events  # QUIET for a call that every listener declined
         self._overflowed: int | None = None  # smallest context window found too small
-        self._waited = 0.0  # backoff slept before the next attempt
-        self._started = time.perf_counter()
         self._cost: Cost | None = None
-        self._first_token_s: float | None = None  # of the stream being opened
-        # groups a call's events; 16 hex digits as uuid4().hex[:16] gave, in a quarter of the time
-        self.call_id = os.urandom(8).hex() if self._events.active else None
-        self.finished = False
-        self.details = False  # whether anyone takes this call's detail events (observe/events.py)
-        if self.call_id is not None and self._events.wants("start"):
-            params = request.params
-            self.details = self._events.emit("start", chain=chain.name, call_id=self.call_id,
-                                             max_tokens=max_tokens(params), temperature=params.get("temperature"),
-                                             content=request.messages if self._events.wants("content") else None)
-            if not self.details and self._events.all_take("start"):
-                self._events = QUIET  # every listener declined this call: nothing more is built
-
-    @property
-    def events(self) -> Events:
-        """Where this call's events go."""
-        return self._events
 
     # -- which targets ---------------------------------------------------------------------
 
@@ -156,14 +133,6 @@ class Walk:
                                   call_id=self.call_id)
         return result
 
-    def note(self, config: TargetConfig) -> Note:
-        def add(text: Any) -> None:
-            if isinstance(text, CacheHit):
-                self.route.cache_age_s = text.age_s
-            self.route.notes.append(f"{config.name}: {text}")
-
-        return add
-
     def succeeded(self, member: Member, admission: Admission, response: Response | None = None,
                   tokens: int | None = None, ended: StreamEnd | None = None,
                   longest_gap_s: float | None = None) -> None:
@@ -178,17 +147,6 @@ class Walk:
                             latency_s=time.perf_counter() - admission.started, waited_s=self._take_wait()),
                     timeout_s=admission.timeout, first_token_s=self._take_first_token(),
                     longest_gap_s=longest_gap_s, completion_tokens=getattr(usage, "completion_tokens", None) or None)
-
-    def _tell_answer(self, name: str, response: Response | None, ended: StreamEnd | None) -> None:
-        """The `answer` event: the GenAI conventions' facts of a successful attempt."""
-        self._events.emit("answer", target=name, chain=self.chain.name, call_id=self.call_id,
-                          **answer_facts(response, ended, content=self._events.wants("content")))
-
-    def stream_event(self, name: str, target: str, offset: int, mode: str, outcome: str | None = None) -> None:
-        """`stream_break` or `stream_resume`: where (`offset` characters in) and how (`mode`)."""
-        if self.details:
-            self._events.emit(name, target=target, chain=self.chain.name, offset=offset, detail=mode,
-                              outcome=outcome, call_id=self.call_id)
 
     def failed(self, member: Member, admission: Admission, exc: BaseException) -> Verdict:
         """Classify, settle the guard, record. Cancellation is re-raised here, untouched:
@@ -227,18 +185,6 @@ class Walk:
         if usage is not None and usage.total_tokens:
             return int(usage.total_tokens)
         return int(estimate_cost(self.request, chars).tokens)
-
-    def first_token(self, admission: Admission) -> None:
-        """A stream's first content arrived: its delay goes on the attempt's event."""
-        self._first_token_s = time.perf_counter() - admission.started
-
-    def _take_first_token(self) -> float | None:
-        taken, self._first_token_s = self._first_token_s, None
-        return taken
-
-    def _take_wait(self) -> float:
-        waited, self._waited = self._waited, 0.0
-        return waited
 
     # -- after a target ------------------------------------------------------------------
 
@@ -311,36 +257,6 @@ class Walk:
     def detail(self, message: str) -> str:
         text = self.crew.redact(message)
         return text if len(text) <= _DETAIL_LIMIT else text[: _DETAIL_LIMIT - 1] + "…"
-
-    def finish(self, outcome: str, error: str | None = None) -> None:
-        """The call is over: "ok", "static", "failed" (`error`: what the caller gets) or "cancelled"."""
-        self.finished = True
-        self.route.latency_s = time.perf_counter() - self._started
-        if self._events.active:
-            if self.route.degraded and outcome in ("ok", "static"):  # an answer, not an abandoned stream
-                self._events.emit("degraded", target=self.route.served_by, chain=self.chain.name,
-                                  call_id=self.call_id)
-            self._events.emit("call", chain=self.chain.name, outcome=outcome, latency_s=self.route.latency_s,
-                              served_by=self.route.served_by if outcome != "failed" else None,
-                              error=error, call_id=self.call_id)
-
-    def abandoned(self, exc: BaseException) -> None:
-        """`exc` ends the call before the walk finished it (the caller cancelled, or a bug):
-        the call is over all the same, for its listeners."""
-        if not self.finished:
-            cancelled = isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError, GeneratorExit))
-            self.finish("cancelled" if cancelled else "failed", None if cancelled else type(exc).__name__)
-
-    def record(self, attempt: Attempt, **measured: float | None) -> None:
-        """Add to the route and tell listeners; `measured`: timeout_s, first_token_s,
-        retry_after_s, longest_gap_s, completion_tokens, for the event only (router advise reads them)."""
-        self.route.attempts.append(attempt)
-        if self._events.active:
-            self._events.emit("attempt", target=attempt.target, chain=self.chain.name, outcome=attempt.outcome,
-                              status=attempt.status, error=attempt.error, latency_s=attempt.latency_s,
-                              wait_s=attempt.waited_s or None, detail=attempt.detail, call_id=self.call_id,
-                              **measured)
-
 
 class Tries:
     """The attempts at one target within one call: admission, and after a failure, retry
