@@ -27,7 +27,7 @@ from .server_section import server_section
 from .values import ValueChecker, interpolate, kind_of
 from .strict_yaml import load_yaml
 from .schema import (MID_STREAM_CHOICES, MAX_DURATION_S, BreakerPolicy, CacheOptions, ChainConfig, EventsConfig, LocalOptions,
-                     LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryBudgetPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
+                     LITELLM, OPENAI, TRANSPORTS, speaks_openai, RateLimitPolicy, RetryPolicy, RouterConfig, StateConfig, TargetConfig)
 
 log = logging.getLogger("router")
 

@@ -26,7 +26,9 @@ from .opening import Opened, carries_answer, open_async, open_sync
 from .tool_calls import ToolCallHold
 
 if TYPE_CHECKING:
-    from ..response import Chunk, Usage
+    from openai.types import CompletionUsage as Usage
+
+    from ..response import Chunk
 
 
 class _StreamCore:

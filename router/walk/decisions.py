@@ -31,6 +31,8 @@ from .parts import Admission, Crew, Member, NoCapacity, StreamEnd, Throttled, Ve
 from .record import CallRecord
 
 if TYPE_CHECKING:
+    from openai.types import CompletionUsage as Usage
+
     from ..response import Response
 
 _DETAIL_LIMIT = 500
