@@ -15,19 +15,15 @@ import pytest
 
 from router.testing import FaultServer, faults
 
-from .gateway_process import Gateway
+from .gateway_process import UPSTREAM_KEY, Gateway
+from .gateway_process import upstream_target as target
 
 KEY = "gateway-key-full-0123456789"
 NARROW_KEY = "gateway-key-narrow-0123456789"
 PACED_KEY = "gateway-key-paced-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
 MAX_BODY = 20000
 AUTH = {"authorization": f"Bearer {KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-def _target(server: FaultServer, model: str, **more: object) -> dict[str, object]:
-    return {"model": f"openai/{model}", "api_base": server.url, "api_key": UPSTREAM_KEY, **more}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +40,12 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
                      "retry": {"attempts": 2, "min_wait": 0.01, "max_wait": 0.02},
                      "breaker": {"fail_max": 1000, "reset_timeout": 600}},
         "targets": {
-            "primary": _target(s, "primary"), "secondary": _target(s, "secondary"),
-            "solo": _target(s, "solo", retry={"attempts": 1}), "slow": _target(s, "slow", timeout=0.5),
-            "cp1": _target(s, "cp1", prefill=True), "cp2": _target(s, "cp2", prefill=True),
-            "rs": _target(s, "rs"), "er": _target(s, "er"),
-            "patient": _target(s, "patient", timeout=20, stream_idle_timeout=20),  # only the client leaving ends it
-            "fragile": _target(s, "fragile", retry={"attempts": 1}, breaker={"fail_max": 1, "reset_timeout": 600}),
+            "primary": target(s, "primary"), "secondary": target(s, "secondary"),
+            "solo": target(s, "solo", retry={"attempts": 1}), "slow": target(s, "slow", timeout=0.5),
+            "cp1": target(s, "cp1", prefill=True), "cp2": target(s, "cp2", prefill=True),
+            "rs": target(s, "rs"), "er": target(s, "er"),
+            "patient": target(s, "patient", timeout=20, stream_idle_timeout=20),  # only the client leaving ends it
+            "fragile": target(s, "fragile", retry={"attempts": 1}, breaker={"fail_max": 1, "reset_timeout": 600}),
         },
         "chains": {
             "default": ["primary", "secondary"], "solo": ["solo"], "slow": ["slow"],
@@ -65,11 +61,8 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
             {"name": "paced", "key": PACED_KEY, "rate_limit": {"rpm": 1, "burst": 1, "max_wait": 0}},
         ]},
     }
-    running = Gateway(config, tmp_path_factory.mktemp("gateway")).start()
-    try:
+    with Gateway(config, tmp_path_factory.mktemp("gateway")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

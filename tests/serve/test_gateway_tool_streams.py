@@ -16,10 +16,9 @@ import pytest
 
 from router.testing import FaultServer, faults
 
-from .gateway_process import Gateway
+from .gateway_process import Gateway, upstream_target
 
 KEY = "gateway-key-tools-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-tools-123456"
 HELLO = [{"role": "user", "content": "what is the weather and the time in Paris?"}]
 SAID = "Let me check the weather."  # 5 word pieces
 CALLS = [faults.tool_call("get_weather", '{"city": "Paris"}'),  # a start and 2 argument pieces
@@ -30,43 +29,24 @@ TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": 
 INSIDE_THE_FIRST_CALL, INSIDE_THE_SECOND_CALL = 7, 10  # content events sent before the cut: a start and a piece
 
 
-def _target(server: FaultServer, model: str, **more: object) -> dict[str, object]:
-    return {"model": f"openai/{model}", "api_base": server.url, "api_key": UPSTREAM_KEY, **more}
-
-
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[FaultServer]:
-    with FaultServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    s = upstream
+def gateway(_module_server: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    s = _module_server  # the one `server` (tests/conftest.py) resets for each test
     once = {"attempts": 1}
     config = {
         "defaults": {"timeout": 5, "deadline": 20, "stream_idle_timeout": 2,
                      "retry": {"attempts": 2, "min_wait": 0.01, "max_wait": 0.02},
                      "breaker": {"fail_max": 1000, "reset_timeout": 600}},
-        "targets": {"live": _target(s, "live"),
-                    "first": _target(s, "first", prefill=False, retry=once),
-                    "second": _target(s, "second", prefill=True)},
+        "targets": {"live": upstream_target(s, "live"),
+                    "first": upstream_target(s, "first", prefill=False, retry=once),
+                    "second": upstream_target(s, "second", prefill=True)},
         "chains": {"live": {"targets": ["live"], "mid_stream": "error"},  # deltas pass as they come
                    "continue": {"targets": ["first", "second"], "mid_stream": "continue"},
                    "auto": {"targets": ["first", "second"], "mid_stream": "auto"}},
         "server": {"keys": [{"name": "tools", "key": KEY}]},
     }
-    running = Gateway(config, tmp_path_factory.mktemp("gateway-tools")).start()
-    try:
+    with Gateway(config, tmp_path_factory.mktemp("gateway-tools")) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def server(upstream: FaultServer) -> FaultServer:
-    upstream.reset()
-    return upstream
 
 
 def stream_sync(gateway: Gateway, chain: str) -> list[Any]:
