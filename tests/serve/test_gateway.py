@@ -290,6 +290,19 @@ def test_every_target_failing_is_502_with_the_reasons_and_no_secret(gateway: Gat
     assert reply.headers["x-should-retry"] == "false"
 
 
+def test_a_stream_that_fails_before_its_first_chunk_is_an_http_502_not_an_event_stream(
+        gateway: Gateway, server: FaultServer, client: openai.OpenAI) -> None:
+    server.script("solo", faults.quoting_key(500))
+    reply = post(gateway, {"model": "solo", "messages": HELLO, "stream": True})
+    assert reply.status_code == 502 and reply.headers["content-type"].startswith("application/json")
+    assert _error(reply)["code"] == "upstream_error" and UPSTREAM_KEY[6:] not in reply.text
+    server.script("solo", faults.status(500))
+    with pytest.raises(openai.InternalServerError) as caught:
+        list(client.chat.completions.create(model="solo", messages=HELLO, stream=True))
+    assert caught.value.status_code == 502
+    assert server.count("solo") == 2  # one attempt per call: the gateway adds no retry
+
+
 def test_a_silent_upstream_is_504(gateway: Gateway, server: FaultServer) -> None:
     server.script("slow", faults.hang(5))
     reply = post(gateway, {"model": "slow", "messages": HELLO})
