@@ -3,8 +3,8 @@
 Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models` (the chains this key
 may call), `GET /healthz` (the process answers), `GET /readyz` (every chain has a target
 that is neither open, disabled nor held until a quota recheck: 200, else 503 naming
-the chains that have none), `GET /metrics` (Prometheus text). `/v1/*` and `/metrics` need the bearer key when keys are
-configured; `/healthz` and `/readyz` never do.
+the chains that have none), `GET /metrics` (Prometheus text). `/v1/*` and `/metrics`
+need the bearer key when keys are configured; `/healthz` and `/readyz` never do.
 
 Everything about the call itself (validation, the chain walk, retries, failover, streams
 and their recovery) is the Router's: a request's `model` names the chain, the other
