@@ -2,9 +2,9 @@
 
 Routes: `POST /v1/chat/completions` (JSON or SSE), `GET /v1/models` (the chains this key
 may call), `GET /healthz` (the process answers), `GET /readyz` (every chain has a target
-that is neither open nor disabled: 200, else 503 naming the chains that have none),
-`GET /metrics` (Prometheus text). `/v1/*` and `/metrics` need the bearer key when keys are
-configured; `/healthz` and `/readyz` never do.
+that is neither open, disabled nor held until a quota recheck: 200, else 503 naming
+the chains that have none), `GET /metrics` (Prometheus text). `/v1/*` and `/metrics`
+need the bearer key when keys are configured; `/healthz` and `/readyz` never do.
 
 Everything about the call itself (validation, the chain walk, retries, failover, streams
 and their recovery) is the Router's: a request's `model` names the chain, the other
@@ -59,6 +59,7 @@ class Gateway:
 
         self.answered = prom.Counter("router_gateway_requests_total", "Gateway requests, by path and status",
                                      ["path", "status"], registry=registry)
+        self.counters: dict[tuple[str, int], Any] = {}  # labels() looked up once per (path, status)
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -106,9 +107,12 @@ class Gateway:
         return Response(json_bytes({"status": "ok", "pid": os.getpid()}), media_type=_JSON)
 
     async def readyz(self, request: Request) -> Response:
-        """Ready when every chain has a target neither open nor disabled (a cache tier counts)."""
+        """Ready when every chain has a target neither open nor disabled (a cache tier counts),
+        nor held back without requests until a recheck (an account out of quota): a chain
+        whose every target is skipped answers 503 at once, so it is not ready."""
         status = self.router.status()
-        usable = {name for name, info in status.items() if info["state"] != "open" and not info.get("disabled")}
+        usable = {name for name, info in status.items()
+                  if info["state"] != "open" and not info.get("disabled") and "recheck_in_s" not in info}
         chains = {name: [t for t in chain.targets if t in usable] for name, chain in self.config.chains.items()}
         stuck = sorted(name for name, ready in chains.items() if not ready)
         body = {"status": "not ready" if stuck else "ready", "chains": chains}
@@ -177,8 +181,12 @@ class Gateway:
         return Response(exc.body(), status_code=exc.status, media_type=_JSON, headers=exc.headers)
 
     def count(self, request: Request, status: int) -> None:
-        path = request.url.path
-        self.answered.labels(path if path in _PATHS else "other", str(status)).inc()  # no label per unknown path
+        path = request.scope["path"]  # not `request.url`, which parses a URL object per request
+        path = path if path in _PATHS else "other"  # no label per unknown path
+        counter = self.counters.get((path, status))
+        if counter is None:
+            counter = self.counters[path, status] = self.answered.labels(path, str(status))
+        counter.inc()
 
 
 def build_app(config: RouterConfig) -> Starlette:

@@ -1,6 +1,6 @@
 """What goes on the wire: answers, chunks, the route and errors as OpenAI's clients read them.
 
-The answer types are serialised in one place, `openai_dict`: the router's own fields
+The answer types are serialised in one place, `openai_json`: the router's own fields
 (`route`, `restart`) are dropped from the OpenAI body and carried as documented
 extensions instead:
 
@@ -26,12 +26,6 @@ SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-contro
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def openai_dict(answer: Any) -> dict[str, Any]:
-    """A `Response` or `Chunk` as the OpenAI body: the SDK type's own fields, as the
-    provider set them (the router's additions are not fields: answer_types.py)."""
-    return answer.model_dump(mode="json", exclude_unset=True, warnings=False)
-
-
 def route_dict(route: Any) -> dict[str, Any]:
     """The route as plain data (the `router` extension field); by its attributes, not
     `dataclasses.asdict`, whose deep copies cost ~0.1 ms an answer here."""
@@ -44,21 +38,33 @@ def route_headers(route: Any) -> dict[str, str]:
     return {"x-router-served-by": route.served_by or "", "x-router-degraded": "true" if route.degraded else "false"}
 
 
+def openai_json(answer: Any, extension: dict[str, Any] | None = None) -> bytes:
+    """A `Response` or `Chunk` as the OpenAI body: the SDK type's own fields, as the
+    provider set them (the router's additions are not fields: answer_types.py), plus
+    `"router": extension`, as compact UTF-8 JSON. Pydantic's own serialiser writes the SDK
+    fields (2.2 us for a chunk, against 5.5 us through a dict and `json`, measured); the
+    extension is spliced in before the closing brace."""
+    if extension is not None and "router" in (answer.model_extra or ()):  # an upstream gateway's: ours replaces it
+        return _dumps({**answer.model_dump(mode="json", exclude_unset=True, warnings=False),
+                       "router": extension}).encode("utf-8")
+    raw = answer.model_dump_json(exclude_unset=True, warnings=False).encode("utf-8")
+    if extension is None:
+        return raw
+    tail = b'"router":' + _dumps(extension).encode("utf-8") + b"}"
+    return raw[:-1] + (tail if raw == b"{}" else b"," + tail)
+
+
 def answer_body(response: Any) -> bytes:
-    body = openai_dict(response)
-    if response.route is not None:
-        body["router"] = route_dict(response.route)
-    return _dumps(body).encode("utf-8")
+    return openai_json(response, route_dict(response.route) if response.route is not None else None)
 
 
 def chunk_event(chunk: Any, route: Any = None) -> bytes:
     """One `data: {...}` SSE event; `route` on the stream's last chunk."""
-    body = openai_dict(chunk)
     if chunk.restart:
-        body["router"] = {"restart": True}
-    elif route is not None:
-        body["router"] = route_dict(route)
-    return b"data: " + _dumps(body).encode("utf-8") + b"\n\n"
+        extension: dict[str, Any] | None = {"restart": True}
+    else:
+        extension = route_dict(route) if route is not None else None
+    return b"data: " + openai_json(chunk, extension) + b"\n\n"
 
 
 def error_dict(message: str, type: str, code: str | None, param: str | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import yaml
 
+UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
 START_TIMEOUT_S = 90.0  # litellm's imports take 2-11 s on a busy 2-core machine, per worker
 
 
@@ -21,6 +22,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def upstream_target(server: Any, model: str, **more: object) -> dict[str, object]:
+    """A target config for `model` on the fault server `server`, over the openai transport."""
+    return {"model": f"openai/{model}", "api_base": server.url, "api_key": UPSTREAM_KEY, **more}
 
 
 class Gateway:
@@ -46,6 +52,12 @@ class Gateway:
         if wait:
             self.wait_ready()
         return self
+
+    def __enter__(self) -> Gateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -15,19 +15,15 @@ import pytest
 
 from router.testing import FaultServer, faults
 
-from .gateway_process import Gateway
+from .gateway_process import UPSTREAM_KEY, Gateway
+from .gateway_process import upstream_target as target
 
 KEY = "gateway-key-full-0123456789"
 NARROW_KEY = "gateway-key-narrow-0123456789"
 PACED_KEY = "gateway-key-paced-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
 MAX_BODY = 20000
 AUTH = {"authorization": f"Bearer {KEY}"}
 HELLO = [{"role": "user", "content": "hi"}]
-
-
-def _target(server: FaultServer, model: str, **more: object) -> dict[str, object]:
-    return {"model": f"openai/{model}", "api_base": server.url, "api_key": UPSTREAM_KEY, **more}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +40,12 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
                      "retry": {"attempts": 2, "min_wait": 0.01, "max_wait": 0.02},
                      "breaker": {"fail_max": 1000, "reset_timeout": 600}},
         "targets": {
-            "primary": _target(s, "primary"), "secondary": _target(s, "secondary"),
-            "solo": _target(s, "solo", retry={"attempts": 1}), "slow": _target(s, "slow", timeout=0.5),
-            "cp1": _target(s, "cp1", prefill=True), "cp2": _target(s, "cp2", prefill=True),
-            "rs": _target(s, "rs"), "er": _target(s, "er"),
-            "patient": _target(s, "patient", timeout=20, stream_idle_timeout=20),  # only the client leaving ends it
-            "fragile": _target(s, "fragile", retry={"attempts": 1}, breaker={"fail_max": 1, "reset_timeout": 600}),
+            "primary": target(s, "primary"), "secondary": target(s, "secondary"),
+            "solo": target(s, "solo", retry={"attempts": 1}), "slow": target(s, "slow", timeout=0.5),
+            "cp1": target(s, "cp1", prefill=True), "cp2": target(s, "cp2", prefill=True),
+            "rs": target(s, "rs"), "er": target(s, "er"),
+            "patient": target(s, "patient", timeout=20, stream_idle_timeout=20),  # only the client leaving ends it
+            "fragile": target(s, "fragile", retry={"attempts": 1}, breaker={"fail_max": 1, "reset_timeout": 600}),
         },
         "chains": {
             "default": ["primary", "secondary"], "solo": ["solo"], "slow": ["slow"],
@@ -65,11 +61,8 @@ def gateway(upstream: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> 
             {"name": "paced", "key": PACED_KEY, "rate_limit": {"rpm": 1, "burst": 1, "max_wait": 0}},
         ]},
     }
-    running = Gateway(config, tmp_path_factory.mktemp("gateway")).start()
-    try:
+    with Gateway(config, tmp_path_factory.mktemp("gateway")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
@@ -295,6 +288,19 @@ def test_every_target_failing_is_502_with_the_reasons_and_no_secret(gateway: Gat
     assert error["code"] == "upstream_error" and "solo" in error["message"]
     assert UPSTREAM_KEY not in reply.text and UPSTREAM_KEY[6:] not in reply.text
     assert reply.headers["x-should-retry"] == "false"
+
+
+def test_a_stream_that_fails_before_its_first_chunk_is_an_http_502_not_an_event_stream(
+        gateway: Gateway, server: FaultServer, client: openai.OpenAI) -> None:
+    server.script("solo", faults.quoting_key(500))
+    reply = post(gateway, {"model": "solo", "messages": HELLO, "stream": True})
+    assert reply.status_code == 502 and reply.headers["content-type"].startswith("application/json")
+    assert _error(reply)["code"] == "upstream_error" and UPSTREAM_KEY[6:] not in reply.text
+    server.script("solo", faults.status(500))
+    with pytest.raises(openai.InternalServerError) as caught:
+        list(client.chat.completions.create(model="solo", messages=HELLO, stream=True))
+    assert caught.value.status_code == 502
+    assert server.count("solo") == 2  # one attempt per call: the gateway adds no retry
 
 
 def test_a_silent_upstream_is_504(gateway: Gateway, server: FaultServer) -> None:

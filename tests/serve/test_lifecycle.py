@@ -124,3 +124,30 @@ def test_workers_with_memory_state_are_warned_about(tmp_path: Path) -> None:
             assert "each worker keeps its own circuits" in gateway.stderr()
         finally:
             gateway.stop()
+
+
+def test_readyz_names_the_chains_whose_targets_are_all_disabled_or_held_for_quota(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    monkeypatch.delenv("ROUTER_SERVE_TEST_UNSET_KEY", raising=False)
+    with FaultServer() as server:
+        config = _config(server)
+        config["targets"] |= {  # type: ignore[operator]
+            "unpaid": {"model": "openai/unpaid", "api_base": server.url, "api_key": UPSTREAM_KEY},
+            "keyless": {"model": "openai/keyless", "api_base": server.url,
+                        "api_key": "${ROUTER_SERVE_TEST_UNSET_KEY}"}}
+        config["chains"] |= {"unpaid": ["unpaid"], "keyless": ["keyless"]}  # type: ignore[operator]
+        gateway = Gateway(config, tmp_path).start()
+        try:
+            ready = httpx.get(f"{gateway.base}/readyz")  # no key needed
+            assert ready.status_code == 503 and ready.json()["chains_without_target"] == ["keyless"]
+            server.script("unpaid", faults.status(402))
+            chat = f"{gateway.url}/chat/completions"
+            assert httpx.post(chat, json={"model": "unpaid", "messages": HELLO}, timeout=30).status_code == 502
+            held = httpx.post(chat, json={"model": "unpaid", "messages": HELLO}, timeout=30)
+            assert "skipped until" in held.text and server.count("unpaid") == 1  # held until its recheck
+            ready = httpx.get(f"{gateway.base}/readyz")
+            assert ready.status_code == 503 and ready.json()["chains_without_target"] == ["keyless", "unpaid"]
+            assert ready.json()["chains"]["default"] == ["primary", "secondary"]
+        finally:
+            assert gateway.stop() == 0
