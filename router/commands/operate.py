@@ -25,14 +25,7 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"shared": shared, "targets": report}, indent=2))
         return EXIT_OK
-    rows = [("target", "state", "failures", "half-open in", "retry budget", "rate limit", "note")]
-    for name, info in report.items():
-        budget = info.get("retry_budget")
-        rows.append((name, info["state"], str(info["failures"]),
-                     f"{info['retry_in_s']:.0f} s" if "retry_in_s" in info else "",
-                     f"{budget:.1f}" if isinstance(budget, (int, float)) else "",
-                     rate_limit_text(info.get("rate_limit")),
-                     info.get("disabled") or info.get("misconfigured") or ""))
+    rows = status_rows(report)
     print_table(rows)
     if not shared:
         print("(state.backend is memory: this is a fresh process's view; running routers keep their own)",
@@ -40,8 +33,30 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def status_rows(report: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
+    """`status()` as a table, a column for each thing that holds a target back: calls in
+    flight (a local tier's: running / pool_size) and queued, the rate limiter's wait until
+    one more request fits, a pause after a 429; the rest of the rate limit in words."""
+    rows = [("target", "state", "failures", "half-open in", "in flight", "queued", "wait", "paused",
+             "retry budget", "rate limit", "note")]
+    for name, info in report.items():
+        budget = info.get("retry_budget")
+        limiter = info.get("rate_limit") or {}
+        in_flight = str(info.get("in_flight", 0)) + (f"/{info['pool_size']}" if "pool_size" in info else "")
+        rows.append((name, info["state"], str(info["failures"]),
+                     f"{info['retry_in_s']:.0f} s" if "retry_in_s" in info else "",
+                     in_flight, str(info.get("queued", 0)),
+                     f"{limiter['wait_s']:.1f} s" if limiter.get("wait_s") else "",
+                     f"{limiter['paused_s']:.1f} s" if limiter.get("paused_s") else "",
+                     f"{budget:.1f}" if isinstance(budget, (int, float)) else "",
+                     rate_limit_text(limiter),
+                     info.get("disabled") or info.get("misconfigured") or ""))
+    return rows
+
+
 def rate_limit_text(info: dict | None) -> str:
-    """'rpm 500: room 3/req, 2 waiting; provider: 12/20 req left (0.4 s)' from status()'s rate_limit."""
+    """'rpm 500: room 3 req; 2 waiting; provider: 12/20 req left (reset 0.4 s)' from status()'s
+    rate_limit (its wait and a pause have columns of their own)."""
     if not info:
         return ""
     parts = []
@@ -56,8 +71,6 @@ def rate_limit_text(info: dict | None) -> str:
         limit = f"/{learned['limit']:g}" if "limit" in learned else ""
         parts.append(f"provider: {learned['remaining']:g}{limit} {'req' if name == 'requests' else 'tok'} left "
                      f"(reset {learned['reset_in_s']:g} s)")
-    if "paused_s" in info:
-        parts.append(f"paused {info['paused_s']:g} s after a 429")
     if info.get("shared") is False:
         parts.append(f"redis away: 1/{info.get('peers', 1)} share")
     return "; ".join(parts)
