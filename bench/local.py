@@ -102,9 +102,9 @@ def contenders(path: str) -> tuple[dict[str, Call], dict[str, Any]]:
 
 def _ours_n_threads() -> int | None:
     """n_threads of the model the router loaded (read back from its pool, for the report)."""
-    from router.targets import local
+    from router.targets import model_pool
 
-    for pool in local._POOLS.values():
+    for pool in model_pool._POOLS.values():
         for llm in pool._free:
             return int(llm.n_threads)
     return None

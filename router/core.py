@@ -131,8 +131,9 @@ class Router:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per target: its circuit, why it is out of rotation, and why it is held back:
-        calls in flight and queued (bulkhead; `local`: the model pool), the rate limiter's
-        room, wait, learned limits and pause (`rate_limit`)."""
+        calls in flight and queued (at its bulkhead; a local target: running on a model of
+        its pool, and queued at the bulkhead or for a model, with `pool_size`), the rate
+        limiter's room, wait, learned limits and pause (`rate_limit`)."""
         report = {}
         for name, guard in self._guards.items():
             info = guard.status()
@@ -144,8 +145,10 @@ class Router:
             if guard.misconfigured is not None:
                 info["misconfigured"] = guard.misconfigured
             load = self._targets[name].load() if name in self._targets else None
-            if load is not None:
-                info["local"] = load
+            if load is not None:  # its own queue (the local tier's model pool) says what runs and waits
+                info["in_flight"] = load["running"]
+                info["queued"] += load["waiting"]
+                info["pool_size"] = load["pool_size"]
             report[name] = info
         return report
 

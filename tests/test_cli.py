@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
-from router import Router
+from router import Router, models
+from router.cli import main
+from router.commands.operate import status_rows
 from router.testing import faults
 
-from .conftest import TEST_KEY
+from .conftest import TEST_KEY, remote
 
 pytest_plugins = ["tests.redis_server"]
 
@@ -60,8 +64,9 @@ def test_open_status_close_through_redis(tmp_path, server, redis_url, namespace)
     assert report["targets"]["secondary"]["state"] == "closed"
 
     out = cli("status", "--config", str(config))
-    assert out.stdout.splitlines()[0].split() == ["target", "state", "failures", "half-open", "in", "retry",
-                                                  "budget", "rate", "limit", "note"]
+    assert out.stdout.splitlines()[0].split() == ["target", "state", "failures", "half-open", "in", "in", "flight",
+                                                  "queued", "wait", "paused", "retry", "budget", "rate", "limit",
+                                                  "note"]
     assert any(line.split()[:2] == ["primary", "open"] for line in out.stdout.splitlines())
 
     assert cli("close", "primary", "--config", str(config)).stdout.strip() == "primary: closed"
@@ -116,6 +121,12 @@ def test_status_shows_the_fleets_rate_limit_room_from_redis(tmp_path, server, re
     primary = next(line for line in table.splitlines() if line.startswith("primary"))
     assert "rpm 6: room 1" in primary
 
+    assert running.complete(HI).route.served_by == "primary"  # the bucket's second: the next fits in ~10 s
+    table = cli("status", "--config", str(config)).stdout
+    assert 8 <= float(column(table, "primary", "wait").removesuffix(" s")) <= 10
+    assert column(table, "secondary", "wait") == ""  # room for a request now
+    assert (column(table, "primary", "in flight"), column(table, "primary", "queued")) == ("0", "0")
+
 
 def test_python_dash_m_router_runs_the_cli():
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
@@ -140,3 +151,64 @@ def test_status_json_shows_what_holds_each_target_back(tmp_path, server):
     primary = json.loads(out.stdout)["targets"]["primary"]
     assert (primary["in_flight"], primary["queued"]) == (0, 0)
     assert primary["rate_limit"]["wait_s"] == 0 and primary["rate_limit"]["room"]["requests"] == 1
+
+
+# -- the status table: a column for each thing that holds a target back ------------------
+
+def column(table: str, target: str, name: str) -> str:
+    """The cell of `target`'s row under the header `name`, cut at the headers' offsets (a cell
+    may be empty, so splitting on spaces would shift the columns)."""
+    lines = table.splitlines()
+    starts, at = [], 0
+    for header in status_rows({})[0]:
+        at = lines[0].index(header, at)
+        starts.append(at)
+    i = status_rows({})[0].index(name)
+    row = next(line for line in lines[1:] if line.split()[0] == target)
+    return row[starts[i]:starts[i + 1] if i + 1 < len(starts) else None].strip()
+
+
+def test_status_table_shows_the_local_pools_calls_running_and_queued(tmp_path, capsys):
+    """The model pool is shared in a process by every target with the same settings, so the
+    CLI's own Router (main(), in this process) sees an application's calls running on it."""
+    model = str(models.pull_default_model(quiet=True))
+    local = {"provider": "llama_cpp", "model_path": model, "n_ctx": 1000, "n_threads": 1, "timeout": 60,
+             "max_tokens": 400}  # an n_ctx of its own: a pool no other test uses
+    config = tmp_path / "local.yaml"
+    config.write_text(json.dumps({"defaults": {"deadline": 120}, "targets": {"local": local},
+                                  "chains": {"default": ["local"]}}))
+    running = Router.from_yaml(config)
+    # greedy with the end-of-turn tokens banned: the model writes until max_tokens, so the unread
+    # stream holds the pool's one model whatever the model would say
+    stream = running.complete(HI, stream=True, temperature=0, logit_bias={0: -100, 1: -100, 2: -100},
+                              max_tokens=400)
+    next(stream)
+    waiting = threading.Thread(target=running.complete, args=(HI,), kwargs={"max_tokens": 2})
+    waiting.start()
+    end = time.monotonic() + 60
+    while running.status()["local"]["queued"] < 1:
+        assert time.monotonic() < end, "the second call never queued"
+        time.sleep(0.01)
+    assert main(["status", "--config", str(config)]) == 0
+    table = capsys.readouterr().out
+    assert (column(table, "local", "in flight"), column(table, "local", "queued")) == ("1/1", "1")
+    stream.close()
+    waiting.join(60)
+    assert not waiting.is_alive()
+    assert main(["status", "--config", str(config)]) == 0
+    table = capsys.readouterr().out
+    assert (column(table, "local", "in flight"), column(table, "local", "queued")) == ("0/1", "0")
+
+
+def test_status_table_shows_a_pause_after_a_429_and_its_wait(server):
+    """A pause lives in the Router that got the 429, so its own status() is rendered here."""
+    server.script("p", faults.status(429, retry_after=5))
+    router = Router.from_dict({"defaults": {"retry": {"attempts": 1}, "rate_limit": {"max_wait": 0}},
+                               "targets": {"primary": remote(server, "p"), "secondary": remote(server, "s")},
+                               "chains": {"default": ["primary", "secondary"]}})
+    assert router.complete(HI).route.served_by == "secondary"
+    rows = status_rows(router.status())
+    header, primary, secondary = rows[0], rows[1], rows[2]
+    cell = dict(zip(header, primary))
+    assert 4 < float(cell["paused"].removesuffix(" s")) <= 5 and 4 < float(cell["wait"].removesuffix(" s")) <= 5
+    assert dict(zip(header, secondary))["paused"] == ""

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from router import models
 from router.errors import AllTargetsFailed
 from router.testing import faults
 
@@ -93,4 +94,66 @@ def test_prometheus_gauges_show_what_status_shows(server, make_router):
     assert gauge("in_flight") == 1
     for call in calls:
         call.join(10)
+    assert gauge("in_flight") == 0 and gauge("queued") == 0
+
+
+# -- the local tier: its model pool is its queue -------------------------------------------
+
+# Greedy, with SmolLM2's end-of-turn tokens banned: the model writes until max_tokens, so a
+# stream holds its model for as long as the test reads nothing, whatever the model would say.
+NEVER_ENDING = {"temperature": 0, "seed": 7, "logit_bias": {0: -100, 1: -100, 2: -100}, "max_tokens": 400}
+
+
+def local_router(make_router, **listeners):
+    model = str(models.pull_default_model(quiet=True))
+    local = {"provider": "llama_cpp", "model_path": model, "n_ctx": 1008, "n_threads": 1, "timeout": 60,
+             "max_tokens": 400}  # an n_ctx of its own: a pool no other test uses
+    return make_router({"local": local}, defaults={"deadline": 120}, **listeners)
+
+
+def held_local_call(router, queued: int) -> tuple:
+    """A stream that holds the pool's one model (after its first chunk the generation runs only
+    as far as it is read) and `queued` calls waiting for that model."""
+    stream = router.complete(HI, stream=True, **NEVER_ENDING)
+    next(stream)
+    waiting = [threading.Thread(target=router.complete, args=(HI,), kwargs={"max_tokens": 2})
+               for _ in range(queued)]
+    for call in waiting:
+        call.start()
+    return stream, waiting
+
+
+def test_status_shows_the_local_calls_running_on_a_model_and_queued_for_one(make_router):
+    router = local_router(make_router)
+    status = router.status()["local"]
+    assert (status["in_flight"], status["queued"], status["pool_size"]) == (0, 0, 1)
+    stream, waiting = held_local_call(router, queued=2)
+    wait_until(lambda: router.status()["local"]["queued"] == 2, timeout=60)
+    status = router.status()["local"]
+    assert (status["in_flight"], status["queued"], status["pool_size"]) == (1, 2, 1)
+    stream.close()
+    for call in waiting:
+        call.join(60)
+    assert not any(call.is_alive() for call in waiting)
+    status = router.status()["local"]
+    assert (status["in_flight"], status["queued"]) == (0, 0)
+
+
+def test_prometheus_gauges_show_the_local_pool(make_router):
+    prom = pytest.importorskip("prometheus_client")
+    from router.observe.metrics import PrometheusListener
+
+    registry = prom.CollectorRegistry()
+    router = local_router(make_router, listeners=[PrometheusListener(registry)])
+
+    def gauge(name: str) -> float | None:
+        return registry.get_sample_value(f"router_{name}", {"target": "local"})
+
+    assert gauge("pool_size") == 1
+    stream, waiting = held_local_call(router, queued=1)
+    wait_until(lambda: gauge("queued") == 1, timeout=60)
+    assert gauge("in_flight") == 1
+    stream.close()
+    for call in waiting:
+        call.join(60)
     assert gauge("in_flight") == 0 and gauge("queued") == 0

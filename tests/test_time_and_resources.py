@@ -189,10 +189,10 @@ def test_sixteen_async_local_calls_all_end_within_their_deadline(model_path):
 
 
 def test_cancelling_an_async_local_call_stops_the_generation_and_frees_the_model(model_path):
-    from router.targets.local import _pool_for
+    from router.targets.model_pool import pool_for
 
     router = local_router(model_path, pool_size=1, max_queue=0)
-    pool = _pool_for(router.config.targets["local"].local, lambda _: None)
+    pool = pool_for(router.config.targets["local"].local, lambda _: None)
 
     async def main() -> tuple[float, float, object]:
         task = asyncio.create_task(router.acomplete(LONG, **ENDLESS))
@@ -214,10 +214,10 @@ def test_cancelling_an_async_local_call_stops_the_generation_and_frees_the_model
 
 
 def test_a_cancelled_caller_waiting_for_a_local_model_leaves_the_queue_at_once(model_path):
-    from router.targets.local import _pool_for
+    from router.targets.model_pool import pool_for
 
     router = local_router(model_path, pool_size=1, max_queue=4)
-    pool = _pool_for(router.config.targets["local"].local, lambda _: None)
+    pool = pool_for(router.config.targets["local"].local, lambda _: None)
 
     async def main() -> float:
         busy = asyncio.create_task(router.acomplete(LONG, deadline=4.0, **ENDLESS))
@@ -235,10 +235,10 @@ def test_a_cancelled_caller_waiting_for_a_local_model_leaves_the_queue_at_once(m
 
 
 def test_an_async_local_stream_opening_behind_a_busy_model_is_cancelled_at_once(model_path):
-    from router.targets.local import _pool_for
+    from router.targets.model_pool import pool_for
 
     router = local_router(model_path, pool_size=1, max_queue=4)
-    pool = _pool_for(router.config.targets["local"].local, lambda _: None)
+    pool = pool_for(router.config.targets["local"].local, lambda _: None)
 
     async def main() -> tuple[float, float]:
         busy = await router.acomplete(LONG, stream=True, **ENDLESS)  # holds the model while read

@@ -18,8 +18,8 @@ Metric names follow Prometheus conventions:
 Gauges read from `Router.status()` at each scrape (`watch(router.status)`; a Router does it
 for the listeners it is given), so they say why a target is held back right now:
   router_in_flight{target}                     calls to the target now (this process)
-  router_queued{target}                        calls waiting for a bulkhead slot
-  router_local_running{target}, router_local_waiting{target}   the local tier's model pool
+  router_queued{target}                        calls waiting for a bulkhead slot (or a local model)
+  router_pool_size{target}                     models in a local tier's pool
   router_rate_limit_waiters{target}            calls queued for rate-limit room
   router_rate_limit_room{target,limit}         requests / tokens that fit now (configured buckets)
   router_rate_limit_next_room_seconds{target}  until one more request fits
@@ -110,9 +110,8 @@ class PrometheusListener:
 # name, help, labels (besides target), and how to read its samples from one target's status
 _GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("in_flight", "Calls to the target now, in this process", ()),
-    ("queued", "Calls waiting for a bulkhead slot", ()),
-    ("local_running", "Calls running in the local tier's model pool", ()),
-    ("local_waiting", "Calls waiting for a model of the local tier's pool", ()),
+    ("queued", "Calls waiting for a bulkhead slot or, in the local tier, for a model", ()),
+    ("pool_size", "Models in the local tier's pool", ()),
     ("rate_limit_waiters", "Calls queued for rate-limit room", ()),
     ("rate_limit_room", "Requests or tokens that fit the configured rate limit now", ("limit",)),
     ("rate_limit_next_room_seconds", "Seconds until one more request fits", ()),
@@ -127,10 +126,8 @@ def _samples(info: dict[str, Any]) -> Iterator[tuple[str, tuple[str, ...], float
     """(gauge, extra label values, value) for one target's `status()` entry."""
     yield "in_flight", (), info.get("in_flight", 0)
     yield "queued", (), info.get("queued", 0)
-    local = info.get("local")
-    if local:
-        yield "local_running", (), local.get("running", 0)
-        yield "local_waiting", (), local.get("waiting", 0)
+    if "pool_size" in info:
+        yield "pool_size", (), info["pool_size"]
     limiter = info.get("rate_limit") or {}
     yield "rate_limit_waiters", (), limiter.get("waiters", 0)
     yield "rate_limit_next_room_seconds", (), limiter.get("wait_s", 0.0)

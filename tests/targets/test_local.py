@@ -21,7 +21,8 @@ from router.config import config_from_dict
 from router.deadline import Deadline
 from router.outcomes import Outcome, TargetFailure
 from router.request import Request, build_request
-from router.targets.local import LocalTarget, _ModelPool, _pool_for
+from router.targets.local import LocalTarget
+from router.targets.model_pool import ModelPool, pool_for
 
 FAR = 60.0  # a timeout that is never the point of the test
 # Forces a long generation whatever the model would choose: greedy decoding with SmolLM2's special
@@ -142,9 +143,9 @@ def test_by_default_one_thread_generates_and_evaluates_the_prompt(model_path):
     raw = {"targets": {"local": {"provider": "llama_cpp", "model_path": str(model_path), "n_ctx": 992}},
            "chains": {"default": ["local"]}}
     defaults = config_from_dict(raw).targets["local"].local
-    with _pool_for(defaults, lambda _: None).slot(max_queue=0, deadline=Deadline(FAR)) as llm:
+    with pool_for(defaults, lambda _: None).slot(max_queue=0, deadline=Deadline(FAR)) as llm:
         assert (llm.n_threads, llm.n_threads_batch) == (1, 1)
-    with _pool_for(target(model_path, n_ctx=992, n_threads=2).options, lambda _: None).slot(
+    with pool_for(target(model_path, n_ctx=992, n_threads=2).options, lambda _: None).slot(
             max_queue=0, deadline=Deadline(FAR)) as llm:
         assert (llm.n_threads, llm.n_threads_batch) == (2, 2)  # n_threads sets the prompt's threads too
 
@@ -279,9 +280,65 @@ def test_queue_bound_fails_fast_with_no_capacity(model_path):
     assert time.monotonic() - started < FAR / 2
 
 
+def wait_until(condition, timeout: float = FAR) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.01)
+
+
+def held_streams(t: LocalTarget, n: int) -> list:
+    """`n` streams that each hold a model until closed: a generation runs only as far as its
+    chunks are read, so after the first chunk the model is lent and nothing runs on."""
+    request = build_request([{"role": "user", "content": "Count to a thousand."}], {**NEVER_ENDING, "max_tokens": 400})
+    streams = [t.stream(request, timeout=FAR, note=lambda _: None) for _ in range(n)]
+    for chunks in streams:
+        next(chunks)
+    return streams
+
+
+def test_load_counts_the_callers_running_on_a_model_and_queued_for_one(model_path):
+    t = target(model_path, n_ctx=976, pool_size=2, max_queue=4)  # settings of its own: a pool no other test uses
+    assert t.load() == {"running": 0, "waiting": 0, "pool_size": 2}  # not loaded yet: nothing runs
+    held = held_streams(t, 2)
+    assert t.load() == {"running": 2, "waiting": 0, "pool_size": 2}
+    queued = [threading.Thread(target=ask, args=(t, "Hi"), kwargs={"max_tokens": 2}) for _ in range(2)]
+    for call in queued:
+        call.start()
+    wait_until(lambda: t.load()["waiting"] == 2)
+    assert t.load() == {"running": 2, "waiting": 2, "pool_size": 2}
+    held[0].close()  # one model back: the two queued calls take turns on it
+    for call in queued:
+        call.join(FAR)
+    assert not any(call.is_alive() for call in queued)
+    assert t.load() == {"running": 1, "waiting": 0, "pool_size": 2}
+    held[1].close()
+    assert t.load() == {"running": 0, "waiting": 0, "pool_size": 2}
+
+
+def test_load_is_read_without_waiting_for_the_pools_lock():
+    pool = ModelPool([object()], formatter=None)
+    with pool.slot(max_queue=1, deadline=Deadline(FAR)):
+        taken, release = threading.Event(), threading.Event()
+
+        def hold_the_lock() -> None:
+            with pool._cond:
+                taken.set()
+                release.wait(FAR)
+
+        holder = threading.Thread(target=hold_the_lock)
+        holder.start()
+        assert taken.wait(FAR)
+        started = time.monotonic()
+        assert pool.load() == {"running": 1, "waiting": 0, "pool_size": 1}
+        assert time.monotonic() - started < 1.0
+        release.set()
+        holder.join(FAR)
+
+
 def test_pool_bookkeeping_under_contention():
     """The pool alone, lending plain objects: exclusive use, bounded waiting, nothing lost."""
-    pool = _ModelPool([object(), object()], formatter=None)
+    pool = ModelPool([object(), object()], formatter=None)
     holders: dict[int, int] = {}
     lock = threading.Lock()
     peak = {"held": 0, "waiting": 0}
@@ -311,7 +368,7 @@ def test_pool_bookkeeping_under_contention():
 
 
 def test_pool_serves_waiters_in_arrival_order():
-    pool = _ModelPool([object()], formatter=None)
+    pool = ModelPool([object()], formatter=None)
     order: list[int] = []
 
     def waiter(i: int) -> None:
@@ -331,7 +388,7 @@ def test_pool_serves_waiters_in_arrival_order():
 
 
 def test_pool_wait_gives_up_at_the_timeout():
-    pool = _ModelPool([object()], formatter=None)
+    pool = ModelPool([object()], formatter=None)
     with pool.slot(max_queue=1, deadline=Deadline(FAR)):
         started = time.monotonic()
         err = failure(lambda: pool._acquire(1, Deadline(0.2)))
@@ -354,7 +411,7 @@ def test_truncate_drops_oldest_turns_and_keeps_the_system_message(model_path):
     assert 0 < k < len(messages) - 2
     # exactly the k oldest non-system turns went; the system message and the question stayed
     kept = [messages[0], *messages[1 + k:]]
-    pool = _pool_for(t.options, lambda _: None)
+    pool = pool_for(t.options, lambda _: None)
     with pool.slot(max_queue=1, deadline=Deadline(FAR)) as llm:
         assert pool.count(llm, kept) == resp.usage.prompt_tokens
         assert pool.count(llm, kept) + 16 <= 256 < pool.count(llm, [messages[0], *messages[k:]]) + 16
