@@ -197,6 +197,7 @@ class ServerConfig:
 
     keys: tuple[ServerKey, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    otel: bool = False  # OpenTelemetry spans and GenAI metrics for every call (router.otel)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
           chains: [default]            # optional allow-list
           rate_limit: {rpm: 600}       # optional: the targets' limiter, fleet-wide with Redis state
       max_body_bytes: 10485760
+      otel: true                       # optional: OpenTelemetry spans and metrics (router.otel)
 
 A `key:` is hashed (sha256) as it is read and never kept: the gateway compares digests
 (serve/auth.py). An unset `${VAR}` in a key is an error, not a key silently dropped. Every
@@ -23,7 +24,7 @@ from typing import Any
 
 from .schema import DEFAULT_MAX_BODY_BYTES, RateLimitPolicy, ServerConfig, ServerKey
 
-_SERVER_KEYS = ("keys", "max_body_bytes")
+_SERVER_KEYS = ("keys", "max_body_bytes", "otel")
 _KEY_KEYS = ("name", "key", "key_sha256", "chains", "rate_limit")
 _SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}$")
 MIN_KEY_CHARS = 16  # a shorter bearer key is guessable; `openssl rand -hex 32` gives 64
@@ -53,7 +54,8 @@ def server_section(loader: Any, raw: Any, chains: Mapping[str, Any]) -> ServerCo
                                                     f"({keys[seen_digests[key.key_sha256]].name!r})")
         seen_names[key.name] = i
         seen_digests[key.key_sha256] = i
-    return ServerConfig(keys=keys, max_body_bytes=max_body)
+    otel = loader.value(data.get("otel", False), "server.otel", bool)
+    return ServerConfig(keys=keys, max_body_bytes=max_body, otel=otel)
 
 
 def _key(loader: Any, raw: Any, path: str, chains: Mapping[str, Any]) -> ServerKey:

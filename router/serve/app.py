@@ -49,8 +49,10 @@ _PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/v1/models", "
 class Gateway:
     """The handlers, over one Router and the configured keys."""
 
-    def __init__(self, router: Router, config: RouterConfig, registry: Any) -> None:
+    def __init__(self, router: Router, config: RouterConfig, registry: Any,
+                 tracing: TraceContext | None = None) -> None:
         self.router = router
+        self.tracing = tracing
         self.config = config
         self.keys = KeyRing(config.server.keys, config.state, source=config.source)
         self.max_body = config.server.max_body_bytes
@@ -73,11 +75,15 @@ class Gateway:
             tokens = estimate_cost(build_request(messages, params)).tokens if key.rate_limit.tpm else 0.0
             permit = await self.keys.admit(key, tokens)
             call = self.router.acomplete(messages, chain, None, stream=stream, **params)
+            attached = self.tracing.attach(request.headers) if self.tracing is not None else None
             try:
                 answer = await unless_client_leaves(call, request.receive)
             except BaseException:
                 self.keys.settle(key, permit, None)
                 raise
+            finally:
+                if self.tracing is not None:
+                    self.tracing.detach(attached)
         except GatewayError as exc:
             return self.error(request, exc)
         except ClientGone:
@@ -189,6 +195,23 @@ class Gateway:
         counter.inc()
 
 
+class TraceContext:
+    """The caller's trace, from its W3C `traceparent` (and `tracestate`) headers: made the
+    current context while its call runs, so the call's span (router.otel) is a child of the
+    client's span, as with any instrumented HTTP server. Only with `server.otel: true`."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, propagate
+
+        self._context, self._propagate = context, propagate
+
+    def attach(self, headers: Any) -> Any:
+        return self._context.attach(self._propagate.extract(headers))
+
+    def detach(self, token: Any) -> None:
+        self._context.detach(token)
+
+
 def build_app(config: RouterConfig) -> Starlette:
     """The app for `config`: one Router, the keys, a Prometheus registry of its own (or
     the default one, which `events.metrics: true` already fills)."""
@@ -201,8 +224,14 @@ def build_app(config: RouterConfig) -> Starlette:
     else:
         registry = prom.CollectorRegistry()
         listeners = [PrometheusListener(registry)]
+    tracing = None
+    if config.server.otel:
+        from ..otel import OpenTelemetryListener
+
+        listeners.append(OpenTelemetryListener())
+        tracing = TraceContext()
     router = Router(config, listeners=listeners)
-    gateway = Gateway(router, config, registry)
+    gateway = Gateway(router, config, registry, tracing)
     routes = [Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
               Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
               Route("/v1/models", gateway.models, methods=["GET"]),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import importlib.util
 import os
 import signal
 import sys
@@ -56,6 +57,11 @@ def serve(config_path: str, *, host: str = "127.0.0.1", port: int = 8080, worker
         return EXIT_USAGE
     if workers < 1:
         print(f"router serve: --workers must be at least 1, got {workers}", file=sys.stderr)
+        return EXIT_USAGE
+    if config.server.otel and importlib.util.find_spec("opentelemetry") is None:
+        print(f"router serve: {config_path}: server.otel is true, which needs opentelemetry-api: "
+              f"pip install 'failover-router[otel]' (the SDK and an exporter too, to send spans anywhere)",
+              file=sys.stderr)
         return EXIT_USAGE
     if workers > 1 and config.state.backend == "memory":
         log.warning("router serve: %d workers with state.backend: memory: each worker keeps its own circuits, "
