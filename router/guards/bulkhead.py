@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from ..clock import within
 from ..deadline import Deadline
 
 
@@ -72,7 +73,7 @@ class Bulkhead:
         if not isinstance(waiter, _Waiter):
             return waiter
         try:
-            await asyncio.wait_for(woken, wait)
+            await within(woken, wait)
         except asyncio.TimeoutError:
             pass
         except BaseException:  # cancelled while queued: a slot handed over meanwhile goes back

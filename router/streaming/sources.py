@@ -3,7 +3,7 @@
 A sync chunk iterator (litellm's, or the local model's generator) is drained by a daemon
 thread into a queue that the reader waits on with a timeout (an asyncio reader waits on
 its event loop, never in asyncio's shared thread pool, where a wait would start late);
-an async one (litellm's) is read under `asyncio.wait_for`. Both answer `END` when the
+an async one (litellm's) is read under a timeout (`clock.within`). Both answer `END` when the
 stream is over and raise `Stalled` when nothing came in time, so a stall is detected to
 the tenth of a second whatever the HTTP client's own timeouts are.
 
@@ -20,6 +20,8 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from ..clock import within
 
 END = object()
 
@@ -88,7 +90,7 @@ class ThreadedSource:
 
     async def anext(self, timeout: float) -> Any:
         try:
-            ok, item = await asyncio.wait_for(self._aqueue.get(), max(timeout, 0.0))
+            ok, item = await within(self._aqueue.get(), max(timeout, 0.0))
         except asyncio.TimeoutError:
             raise Stalled from None
         return _unpack(ok, item)
@@ -104,7 +106,7 @@ def _unpack(ok: bool, item: Any) -> Any:
 
 
 class AsyncSource:
-    """An async chunk iterator (litellm's), opened and read under `asyncio.wait_for`."""
+    """An async chunk iterator (litellm's), opened and read under a timeout."""
 
     def __init__(self, open_chunks: Callable[[], Any]) -> None:
         self._open = open_chunks
@@ -120,7 +122,7 @@ class AsyncSource:
 
     async def anext(self, timeout: float) -> Any:
         try:
-            return await asyncio.wait_for(self._next(), max(timeout, 0.0))
+            return await within(self._next(), max(timeout, 0.0))
         except asyncio.TimeoutError:
             raise Stalled from None
 

@@ -35,8 +35,9 @@ def test_a_stream_client_that_hangs_up_stops_the_local_generation(tmp_path: Path
         assert len(content) == 4  # the model was writing when the client left
         left = time.monotonic()
         cancelled = 'router_calls_total{chain="default",outcome="cancelled"} 1.0'
-        while cancelled not in httpx.get(f"{gateway.base}/metrics").text:
-            assert time.monotonic() - left < 15.0, "the gateway did not close the stream its client left"
+        while cancelled not in (metrics := httpx.get(f"{gateway.base}/metrics").text):
+            assert time.monotonic() - left < 15.0, ("the gateway did not close the stream its client left: "
+                                                     + " ".join(l for l in metrics.splitlines() if "calls_total" in l))
             time.sleep(0.05)
         while True:  # the slot comes back once the generation thread has stopped at its next token
             again = httpx.post(f"{gateway.url}/chat/completions", timeout=60, json={
