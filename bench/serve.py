@@ -39,13 +39,14 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from router.testing.redis_server import free_port
 
 from .common import API_KEY, HI, ROOT, CliServer, Report, median, quantile, rotations
 
@@ -60,12 +61,6 @@ GRANIAN_DEPS = Path(__file__).resolve().parent / ".deps-granian"
 PROXY_PACKAGES = ("fastapi", "uvicorn[standard]", "orjson", "apscheduler", "pyjwt", "backoff", "python-multipart",
                   "cryptography", "email-validator", "redis", "semver", "expression", "fastapi-sso", "mcp",
                   "soundfile")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _pinned(name: str) -> str:
@@ -123,7 +118,7 @@ server:
 
 
 def start_ours(folder: Path, upstream: str) -> Contender:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "router", "serve", "--config", str(_gateway_config(folder, upstream)),
                              "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     contender = Contender("ours", f"http://127.0.0.1:{port}/v1", "default", GATEWAY_KEY, proc)
@@ -138,7 +133,7 @@ def start_ours_granian(folder: Path, upstream: str) -> Contender | None:
         if done.returncode != 0:
             print(f"granian could not be installed: {done.stderr[-300:]}")
             return None
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "ROUTER_SERVE_CONFIG": str(_gateway_config(folder, upstream)),
            "PYTHONPATH": os.pathsep.join([str(GRANIAN_DEPS), str(ROOT)])}
     proc = subprocess.Popen([sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
@@ -178,7 +173,7 @@ def start_litellm_proxy(report: Report, folder: Path, upstream: str) -> Contende
 litellm_settings: {{num_retries: 0, request_timeout: 30, drop_params: true}}
 general_settings: {{master_key: {LITELLM_MASTER_KEY}}}
 """)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_MASTER_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
            "LITELLM_LOG": "ERROR", "PYTHONPATH": ""}
     proc = subprocess.Popen([str(litellm_bin), "--config", str(config), "--port", str(port), "--host", "127.0.0.1",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,10 @@ from typing import Any
 import httpx
 import yaml
 
+from router.testing.redis_server import free_port
+
 UPSTREAM_KEY = "sk-upstream-secret-abcdef123456"
 START_TIMEOUT_S = 90.0  # litellm's imports take 2-11 s on a busy 2-core machine, per worker
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def upstream_target(server: Any, model: str, **more: object) -> dict[str, object]:
