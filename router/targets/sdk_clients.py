@@ -52,7 +52,7 @@ class SharedHttp:
             if self._sync is None:
                 import openai
 
-                self._sync = openai.DefaultHttpxClient(verify=self._tls_context())
+                self._sync = openai.DefaultHttpxClient(verify=self.tls_context())
             return self._sync
 
     def for_loop(self, loop: asyncio.AbstractEventLoop) -> Any:
@@ -61,10 +61,12 @@ class SharedHttp:
             if client is None:
                 import openai
 
-                client = self._by_loop[loop] = openai.DefaultAsyncHttpxClient(verify=self._tls_context())
+                client = self._by_loop[loop] = openai.DefaultAsyncHttpxClient(verify=self.tls_context())
             return client
 
-    def _tls_context(self) -> Any:
+    def tls_context(self) -> Any:
+        """The one TLS context (certifi's CAs) of every shared client: loading the CAs is
+        most of the cost of a client (~20 ms)."""
         if self._tls is None:
             import httpx2
 

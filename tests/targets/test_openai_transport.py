@@ -78,8 +78,10 @@ FAULTS = {
 }
 
 
-def failure_seen(server: Any, transport: str, fault: faults.Fault | None, *, stream: bool) -> tuple[Any, ...]:
-    """What a caller sees of one failed attempt: the error class, status, outcome, Retry-After."""
+def failure_seen(server: Any, transport: str, fault: faults.Fault | None, *, stream: bool,
+                 asynchronous: bool = False, detail: bool = False) -> tuple[Any, ...]:
+    """What a caller sees of one failed attempt: the error class, status, outcome, Retry-After
+    (and with `detail`, the provider's message as the route tells it)."""
     api_base = server.url if fault is not None else f"http://127.0.0.1:{closed_port()}/v1"
     server.reset()
     if fault is not None:
@@ -88,13 +90,16 @@ def failure_seen(server: Any, transport: str, fault: faults.Fault | None, *, str
                                "targets": {"p": target(server, transport, api_base=api_base)},
                                "chains": {"default": ["p"]}})
     try:
-        stream_or_answer = router.complete(HI, stream=stream)
-        if stream:
-            list(stream_or_answer)
+        if asynchronous:
+            asyncio.run(router.acomplete(HI))
+        else:
+            stream_or_answer = router.complete(HI, stream=stream)
+            if stream:
+                list(stream_or_answer)
     except (AllTargetsFailed, ContentRejected) as exc:
         cause, attempt = exc.__cause__, exc.route.attempts[-1]
         return (type(cause).__name__, cause.status, cause.outcome, attempt.error, attempt.status, attempt.outcome,
-                router.status()["p"]["state"], server.count("p"))
+                router.status()["p"]["state"], server.count("p")) + ((attempt.detail,) if detail else ())
     raise AssertionError("the fault did not fail the call")
 
 
@@ -105,6 +110,19 @@ def test_each_failure_reads_the_same_on_both_transports(server, name, stream):
     fault = FAULTS[name]
     assert failure_seen(server, "openai", fault, stream=stream) == failure_seen(server, "litellm", fault,
                                                                                  stream=stream)
+
+
+@pytest.mark.parametrize("name", [name for name in FAULTS if name != "hang"] + [pytest.param("hang", marks=pytest.mark.slow)])
+def test_an_async_plain_call_fails_as_a_sync_one_and_as_on_litellm(server, name):
+    """Async plain calls go over aiohttp (async_post.py), sync ones through the SDK: the
+    same fault gives the same error, status, outcome and message on all three paths."""
+    fault = FAULTS[name]
+    on_aiohttp = failure_seen(server, "openai", fault, stream=False, asynchronous=True, detail=True)
+    on_sdk = failure_seen(server, "openai", fault, stream=False, detail=True)
+    if name == "unreachable":  # the OS error's own words differ: "Connect call failed" / "Connection refused"
+        on_aiohttp, on_sdk = (seen[:-1] + (seen[-1].split(" (")[0],) for seen in (on_aiohttp, on_sdk))
+    assert on_aiohttp == on_sdk
+    assert on_aiohttp[:-1] == failure_seen(server, "litellm", fault, stream=False)
 
 
 @pytest.mark.parametrize("fault", [faults.stream("a b c d e", cut_after=2), faults.stream("a b c d e", end_after=2),

@@ -1,0 +1,175 @@
+"""The HTTP of an async plain call on `transport: openai`: aiohttp, not the SDK's stack.
+
+Measured here (uvloop, one call at a time to a local server, CPU of the calling process
+a call): `AsyncOpenAI.post()` 750 us (httpx2, httpcore2, h11 and anyio 460 us of it,
+the SDK's request and response handling the rest), the SDK on its own aiohttp transport
+(`openai[aiohttp]`) 580 us, aiohttp alone 133 us. In `router serve` the SDK's call was
+two thirds of the gateway's CPU a request (750 of 1140 us), and every plain async call
+pays it, so the bytes go through aiohttp, which litellm already installs. The SDK still
+decides everything a caller can see (openai_transport.py):
+- the request: the URL is the SDK client's `base_url` plus `chat/completions`, the
+  headers are the client's `default_headers` (user agent, organization, project) and its
+  key as `Authorization: Bearer`, plus the call's `extra_headers` and `extra_query`;
+- the failures: a status of 400 or more raises the SDK's own exception class, built from
+  the status, body and headers as the SDK builds it; a timeout `APITimeoutError`, a
+  connection that fails `APIConnectionError`, each `from` aiohttp's error;
+- the timeout bounds the whole attempt, as DESIGN says ("seconds per attempt"), not each
+  read (the SDK's httpx timeout is per phase, so a trickling reply could outlast it).
+Streams stay on the SDK (its SSE decoding and typed chunks), and sync calls too.
+
+A session belongs to its event loop: one per loop, closed when that loop shuts its
+async generators down (`asyncio.run` and uvicorn both do), else detached when a later
+call finds its loop closed, so no loop is kept alive by its session for longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from datetime import datetime
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..outcomes import Outcome, TargetFailure
+from .sdk_clients import SHARED_HTTP
+
+KEEPALIVE_S = 5.0  # as the SDK's pool: an idle connection is closed after this long
+MAX_CONNECTIONS = 1000  # as the SDK's DEFAULT_CONNECTION_LIMITS
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A reply with a status below 400: its headers and body, unread as JSON."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+class LoopSessions:
+    """One `aiohttp.ClientSession` per event loop, with the SDK clients' TLS context."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_loop: dict[asyncio.AbstractEventLoop, tuple[Any, Any]] = {}  # loop -> (session, closer)
+
+    async def for_running_loop(self) -> Any:
+        loop = asyncio.get_running_loop()
+        entry = self._by_loop.get(loop)
+        if entry is not None:
+            return entry[0]
+        session = self._open()
+        closer = self._close_at_shutdown(loop, session)
+        await closer.__anext__()  # registered with the loop: `shutdown_asyncgens` closes it
+        with self._lock:
+            self._by_loop[loop] = (session, closer)
+        return session
+
+    def loops(self) -> list[asyncio.AbstractEventLoop]:
+        """The loops that have a session now."""
+        with self._lock:
+            return list(self._by_loop)
+
+    def _open(self) -> Any:
+        import aiohttp
+
+        with self._lock:
+            for loop in [loop for loop in self._by_loop if loop.is_closed()]:
+                self._by_loop.pop(loop)[0].detach()  # its sockets went with the loop
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S,
+                                         ssl=SHARED_HTTP.tls_context())
+        return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+    async def _close_at_shutdown(self, loop: asyncio.AbstractEventLoop, session: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._by_loop.pop(loop, None)
+            await session.close()
+
+
+SESSIONS = LoopSessions()
+
+
+async def post_json(url: str, body: Any, headers: Mapping[str, str], params: Mapping[str, Any] | None,
+                    timeout: float) -> Answered:
+    """POST `body` as JSON; the reply below 400, else the SDK's exception for it."""
+    import aiohttp
+    import openai
+
+    try:
+        data = _encoded(body)
+    except (TypeError, ValueError) as exc:  # nothing was sent: the caller's value, as on the SDK
+        raise TargetFailure(Outcome.UNSENT, f"the request could not be sent: {exc}") from exc
+    session = await SESSIONS.for_running_loop()
+    try:
+        async with session.post(url, data=data, headers=headers, params=params,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
+            content = await reply.read()
+            status, reply_headers = reply.status, reply.headers
+    except asyncio.TimeoutError as exc:  # also aiohttp's own timeouts, which derive from it
+        raise openai.APITimeoutError(request=_sdk_request(url, headers)) from (exc if str(exc)
+                                                                               else TimeoutError("timed out"))
+    except (aiohttp.ClientError, OSError) as exc:
+        raise openai.APIConnectionError(request=_sdk_request(url, headers)) from exc
+    if status >= 400:
+        raise status_error(status, reply_headers, content, _sdk_request(url, headers))
+    return Answered(status, reply_headers, content)
+
+
+def status_error(status: int, headers: Mapping[str, str], content: bytes, request: Any) -> Exception:
+    """The SDK's exception for an error status, as its client makes it: the class by
+    status, the message "Error code: N - <error.message>", `body` the `error` object."""
+    import httpx2
+    import openai
+
+    response = httpx2.Response(status, headers=list(headers.items()), content=content, request=request)
+    text = content.decode("utf-8", "replace").strip()
+    body: Any = text
+    message = f"Error code: {status}"
+    try:
+        body = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        error = body.get("error", body) if isinstance(body, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+            message += f" - {error['message']}"
+    data = body.get("error", body) if isinstance(body, dict) else body
+    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    if isinstance(cls, str):
+        cls = getattr(openai, cls)
+    return cls(message, response=response, body=data)
+
+
+_STATUS_ERRORS: dict[int, Any] = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
+                                  404: "NotFoundError", 409: "ConflictError", 422: "UnprocessableEntityError",
+                                  429: "RateLimitError"}
+
+
+def _encoded(body: Any) -> bytes:
+    """The body as the SDK would send it: compact UTF-8, no NaN, its own answer types
+    (a message from an earlier answer) and datetimes as it writes them."""
+    return _ENCODER.encode(body).encode("utf-8")
+
+
+def _sdk_value(value: Any) -> Any:
+    import pydantic
+
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(exclude_unset=True, mode="json", by_alias=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_sdk_value)
+
+
+def _sdk_request(url: str, headers: Mapping[str, str]) -> Any:
+    import httpx2
+
+    return httpx2.Request("POST", url, headers=dict(headers))
