@@ -80,9 +80,33 @@ def _read_line(proc: subprocess.Popen, timeout: float, what: str) -> str:
     return line.strip()
 
 
-class CliServer(FaultServerHandle):
-    """``python -m router.testing --port 0`` in a child process (no scripting, no counts
-    once started: the CLI takes `--default` and `--script` at start only)."""
+class ChildServer(FaultServerHandle):
+    """A server in a child process that prints its base URL as its first line and exits
+    on SIGTERM (no scripting, no counts). `pid` is the child's, for its CPU time."""
+
+    def __init__(self, cmd: list[str], how: str) -> None:
+        self.how = f"separate process: {how}"
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+        self.url = _read_line(self._proc, 30, how)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()  # SIGTERM: the server stops and exits 0
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+
+
+class CliServer(ChildServer):
+    """``python -m router.testing --port 0`` in a child process (the CLI takes `--default`
+    and `--script` at start only)."""
 
     def __init__(self, default: Any = None, scripts: dict[str, Sequence[Any]] | None = None) -> None:
         cmd = [sys.executable, "-m", "router.testing", "--port", "0"]
@@ -90,19 +114,7 @@ class CliServer(FaultServerHandle):
             cmd += ["--default", json.dumps(asdict(default))]
         for model, steps in (scripts or {}).items():
             cmd += ["--script", f"{model}={json.dumps([asdict(s) for s in steps])}"]
-        self.how = "separate process: python -m router.testing --port 0"
-        self._proc = subprocess.Popen(cmd, cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True)
-        self.url = _read_line(self._proc, 30, "python -m router.testing")
-
-    def close(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()  # SIGTERM: the CLI stops the server and exits 0
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        super().__init__(cmd, "python -m router.testing --port 0")
 
 
 class ControlledServer(FaultServerHandle):

@@ -1,9 +1,17 @@
 """The gateway (scenario ``serve``): what `router serve` adds to a call, next to LiteLLM's proxy.
 
-One healthy upstream: the fault server in a process of its own (``faults.ok()``, no
-delay). One client for every contender: an ``httpx.AsyncClient`` posting the same chat
-completion JSON, at concurrency 1 and 16 (a pool of worker tasks, each taking the next
-request when its last one answered). Contenders, each a separate process:
+One healthy upstream: ``python -m bench.upstream`` in a process of its own, one canned
+ChatCompletion for every request (an asyncio protocol parsing with httptools on uvloop:
+10-20 µs of CPU a request; the fault server, a ThreadingHTTPServer, takes ~100 µs and its
+tail grows with connections; bench/upstream.py has the numbers). One client for every
+contender, in this process: one ``aiohttp.ClientSession`` (64 connections) on a uvloop
+loop, posting the same chat completion JSON, at concurrency 1 and 16 (a pool of worker
+tasks, each taking the next request when its last one answered). Why: against that
+upstream, ``httpx.AsyncClient`` (the client before) costs ~0.5 ms of CPU a request at c=1
+and ~1 ms at c=16, where its own p99 is 92-98 ms: most of the tail earlier runs took for
+the upstream's. aiohttp: 60-80 µs a request on uvloop (85-170 µs on asyncio's loop), p99 at
+c=16 1.5-3.7 ms. uvloop is also the gateway's loop, so ``router_in_process`` runs on it.
+Contenders (each a process of its own but ``router_in_process``):
 
 - ``direct``: the upstream itself (the floor);
 - ``ours``: ``router serve`` (1 worker: Starlette on uvicorn, uvloop + httptools), a
@@ -25,6 +33,25 @@ p50 and p99 of the per-request latency; added latency = contender minus ``direct
 same round; reported: the median over rounds. Targets for ``ours`` at 16 concurrent:
 added p50 <= 1 ms, p99 <= 3 ms, and less than a third of LiteLLM's proxy's added p99.
 Requests per second per worker: at 16 concurrent, block size / wall time.
+
+The load-independent number, ``cpu_us_per_request``: the CPU time (utime + stime,
+/proc/<pid>/stat, with its live descendants: granian's workers) a contender's process
+spent in a block over the block's requests, median over rounds; for every contender with
+a process of its own (``direct``: the upstream's). A clock tick (10 ms) over a block is
+67 µs a request at c=1 (150 requests), 21 µs at c=16 (480): the upstream's rounds to 0-20.
+Measured (2 shared cores, three full runs at load average 1.3-2.6): ``ours`` 990-1031 µs
+a request at c=16 (1167-1233 at c=1), LiteLLM's proxy 9073-9250 (9300-9833): ~9x ours.
+At c=16 one worker is CPU-bound: ~1 ms a request is at most ~1000 req/s (901-966
+measured), and with 16 callers each request waits for the others, so its latency is
+~16 / (req/s) (Little's law: 16-17 ms p50 here, the upstream's 1.2 ms); the c=16 latency
+targets cannot be met by one worker without a ~15x cheaper request: the CPU a request is
+the number to move. At c=1: added p50 +1.35-1.39 ms, p99 +2.8-3.1 ms. Direct: p50 0.09 ms,
+p99 0.2-0.25 ms at c=1; p50 1.2 ms, p99 1.6-1.9 ms at c=16 (17 and 188 ms before).
+``router_in_process`` at c=16 is bound the same way, by this process's one core (the
+router, the openai SDK and the client). With ``--stack`` (one full run): granian 1187 µs
+a request at c=16, uvicorn 1135; the stacks alone (GET /v1/models) 52-63 µs a request
+both, so what a chat completion costs is not the HTTP server but what is behind it.
+
 The router's target is ``openai/m``, so it reaches the upstream through the openai SDK
 directly (``transport: openai``, the default for such models; litellm is never imported
 in the gateway). Profiled (cProfile, 3200 requests at 16 concurrent), the gateway's CPU a
@@ -36,6 +63,7 @@ Starlette, the gateway's own code and its Prometheus counter; the rest is asynci
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -46,9 +74,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import uvloop
+
 from router.testing.redis_server import free_port
 
-from .common import API_KEY, HI, ROOT, CliServer, Report, median, quantile, rotations
+from .common import API_KEY, HI, ROOT, ChildServer, Report, median, quantile, rotations
 
 GATEWAY_KEY = "bench-gateway-key-0123456789abcdef"
 LITELLM_MASTER_KEY = "sk-bench-master-key-0123456789abcdefghij"
@@ -61,6 +92,10 @@ GRANIAN_DEPS = Path(__file__).resolve().parent / ".deps-granian"
 PROXY_PACKAGES = ("fastapi", "uvicorn[standard]", "orjson", "apscheduler", "pyjwt", "backoff", "python-multipart",
                   "cryptography", "email-validator", "redis", "semver", "expression", "fastapi-sso", "mcp",
                   "soundfile")
+CLIENT_CONNECTIONS = 64
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+Samples = dict[str, list[float]]  # p50, p99 (ms), rps, fail, cpu (µs a request): one per block
+Results = dict[int | str, dict[str, Samples]]  # concurrency (or "stack") -> contender -> samples
 
 
 def _pinned(name: str) -> str:
@@ -70,13 +105,36 @@ def _pinned(name: str) -> str:
     return name
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of `pid` and its live descendants (granian's workers are children
+    of its main process): /proc/<pid>/stat fields 14 and 15, in clock ticks."""
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": fields 3, 4, ...
+        except OSError:  # exited meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    total, frontier = 0, [pid]
+    while frontier:
+        process = frontier.pop()
+        total += ticks.get(process, 0)
+        frontier += children.get(process, [])
+    return total / CLOCK_TICK
+
+
 class Contender:
     """A server process answering POST {base}/chat/completions for `model` (or, with
-    `call`, a coroutine function run in this process instead of an HTTP request)."""
+    `call`, a coroutine function run in this process instead of an HTTP request).
+    `cpu_pid`: the process whose CPU time a request costs (None: not measured)."""
 
     def __init__(self, name: str, base: str, model: str, key: str | None,
-                 proc: subprocess.Popen[bytes] | None = None, call: Any = None) -> None:
+                 proc: subprocess.Popen[bytes] | None = None, call: Any = None, cpu_pid: int | None = None) -> None:
         self.name, self.base, self.model, self.key, self.proc, self.call = name, base, model, key, proc, call
+        self.cpu_pid = cpu_pid if cpu_pid is not None else (proc.pid if proc is not None else None)
 
     def wait_ready(self, path: str, timeout: float) -> None:
         import httpx
@@ -205,12 +263,14 @@ def in_process_router(upstream: str) -> Contender:
     return Contender("router_in_process", upstream, "m", None, call=call)
 
 
-async def block(client: Any, contender: Contender, concurrency: int, n: int,
+async def block(client: aiohttp.ClientSession, contender: Contender, concurrency: int, n: int,
                 path: str = "/chat/completions") -> tuple[float, list[float], int]:
     """`n` requests from `concurrency` workers: (wall seconds, latencies, failures)."""
     url = f"{contender.base}{path}"
-    body = {"model": contender.model, "messages": HI, "max_tokens": 16}
-    headers = {"authorization": f"Bearer {contender.key}"} if contender.key else {}
+    body = json.dumps({"model": contender.model, "messages": HI, "max_tokens": 16}).encode()
+    headers = {"content-type": "application/json"}
+    if contender.key:
+        headers["authorization"] = f"Bearer {contender.key}"
     latencies: list[float] = []
     failures = 0
     left = n
@@ -219,9 +279,10 @@ async def block(client: Any, contender: Contender, concurrency: int, n: int,
     async def request() -> int:
         if contender.call is not None:
             return await contender.call()
-        if path != "/chat/completions":
-            return (await client.get(url, headers=headers)).status_code
-        return (await client.post(url, json=body, headers=headers)).status_code
+        method, data = ("POST", body) if path == "/chat/completions" else ("GET", None)
+        async with client.request(method, url, data=data, headers=headers) as response:
+            await response.read()
+            return int(response.status)
 
     async def worker() -> None:
         nonlocal left, failures
@@ -238,85 +299,92 @@ async def block(client: Any, contender: Contender, concurrency: int, n: int,
     return perf() - started, latencies, failures
 
 
-async def measure(contenders: list[Contender], rounds: int, sizes: dict[int, int]) -> dict[str, Any]:
-    import httpx
+async def blocks(client: aiohttp.ClientSession, contenders: list[Contender], rounds: int, concurrency: int, n: int,
+                 path: str = "/chat/completions") -> dict[str, Samples]:
+    """`rounds` blocks of `n` requests per contender, the order rotated each round."""
+    per: dict[str, Samples] = {c.name: {"p50": [], "p99": [], "rps": [], "fail": [], "cpu": []} for c in contenders}
+    for order in rotations(contenders, rounds):
+        for c in order:
+            cpu_before = cpu_seconds(c.cpu_pid) if c.cpu_pid is not None else 0.0
+            wall, latencies, failures = await block(client, c, concurrency, n, path)
+            values = per[c.name]
+            if c.cpu_pid is not None:
+                values["cpu"].append((cpu_seconds(c.cpu_pid) - cpu_before) / len(latencies) * 1e6)
+            values["p50"].append(quantile(latencies, 0.5) * 1000)
+            values["p99"].append(quantile(latencies, 0.99) * 1000)
+            values["rps"].append(len(latencies) / wall)
+            values["fail"].append(failures)
+    return per
 
-    results: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64,
-                                                                 max_keepalive_connections=64)) as client:
+
+async def measure(contenders: list[Contender], rounds: int, sizes: dict[int, int]) -> Results:
+    results: Results = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as client:
         for c in contenders:  # warm: connections, lazy imports, first-call paths
             await block(client, c, 16, 64)
         for concurrency in CONCURRENCIES:
-            per: dict[str, dict[str, list[float]]] = {c.name: {"p50": [], "p99": [], "rps": [], "fail": []}
-                                                      for c in contenders}
-            for order in rotations(contenders, rounds):
-                for c in order:
-                    wall, latencies, failures = await block(client, c, concurrency, sizes[concurrency])
-                    per[c.name]["p50"].append(quantile(latencies, 0.5) * 1000)
-                    per[c.name]["p99"].append(quantile(latencies, 0.99) * 1000)
-                    per[c.name]["rps"].append(len(latencies) / wall)
-                    per[c.name]["fail"].append(failures)
-            results[concurrency] = per
+            results[concurrency] = await blocks(client, contenders, rounds, concurrency, sizes[concurrency])
         servers = [c for c in contenders if c.name in ("ours", "ours_granian")]
         if len(servers) == 2:  # the stacks alone: GET /v1/models (auth, JSON), no upstream call
-            per = {c.name: {"p50": [], "p99": [], "rps": [], "fail": []} for c in servers}
-            for order in rotations(servers, rounds):
-                for c in order:
-                    wall, latencies, failures = await block(client, c, 16, sizes[16], "/models")
-                    per[c.name]["p50"].append(quantile(latencies, 0.5) * 1000)
-                    per[c.name]["p99"].append(quantile(latencies, 0.99) * 1000)
-                    per[c.name]["rps"].append(len(latencies) / wall)
-                    per[c.name]["fail"].append(failures)
-            results["stack"] = per
+            results["stack"] = await blocks(client, servers, rounds, 16, sizes[16], "/models")
     return results
 
 
-def run(report: Report, quick: bool = False, stack: bool = False) -> None:
-    from router.testing import faults
+def _cpu(values: Samples) -> float | None:
+    return median(values["cpu"]) if values["cpu"] else None
 
-    rounds, sizes = (QUICK_ROUNDS, QUICK_BLOCK) if quick else (ROUNDS, BLOCK)
-    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    contenders: list[Contender] = []
-    with CliServer(default=faults.ok()) as upstream:
-        try:
-            contenders.append(Contender("direct", upstream.url, "m", None))
-            contenders.append(start_ours(folder, upstream.url))
-            contenders.append(in_process_router(upstream.url))
-            if stack:
-                granian = start_ours_granian(folder, upstream.url)
-                if granian is not None:
-                    contenders.append(granian)
-            proxy = start_litellm_proxy(report, folder, upstream.url)
-            if proxy is not None:
-                contenders.append(proxy)
-            report.line(f"contenders: {', '.join(c.name for c in contenders)}; {rounds} rounds; "
-                        f"blocks {sizes}; load average {os.getloadavg()[0]:.2f}")
-            results = asyncio.run(measure(contenders, rounds, sizes))
-        finally:
-            for c in contenders:
-                c.stop()
+
+def _cpu_text(cpu: float | None) -> str:
+    return f"cpu {cpu:6.0f} µs/req" if cpu is not None else "cpu      - µs/req"
+
+
+def start_contenders(report: Report, folder: Path, upstream: ChildServer, stack: bool) -> list[Contender]:
+    """direct, ours, router_in_process, (ours_granian,) litellm_proxy: those that start
+    (the ones started are stopped again when one fails with an exception)."""
+    contenders = [Contender("direct", upstream.url, "m", None, cpu_pid=upstream.pid)]
+    try:
+        contenders.append(start_ours(folder, upstream.url))
+        contenders.append(in_process_router(upstream.url))
+        granian = start_ours_granian(folder, upstream.url) if stack else None
+        proxy = start_litellm_proxy(report, folder, upstream.url)
+        contenders += [c for c in (granian, proxy) if c is not None]
+    except BaseException:
+        stop_all(contenders)
+        raise
+    return contenders
+
+
+def stop_all(contenders: list[Contender]) -> None:
+    for c in contenders:
+        c.stop()
+
+
+def summarize(report: Report, results: Results) -> dict[str, Any]:
+    """Medians over rounds (added: paired with ``direct`` per round), one line each."""
     summary: dict[str, Any] = {}
-    stack = results.pop("stack", None)
-    if stack is not None:
-        for name, values in stack.items():
-            summary[f"{name}_models@16"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
-                                            "rps": median(values["rps"])}
-            report.line(f"stack, GET /v1/models, c=16: {name:<13} p50 {median(values['p50']):7.2f} ms  p99 "
-                        f"{median(values['p99']):7.2f} ms  {median(values['rps']):7.0f} req/s")
+    for name, values in results.pop("stack", {}).items():
+        cpu = _cpu(values)
+        summary[f"{name}_models@16"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
+                                        "rps": median(values["rps"]), "cpu_us_per_request": cpu}
+        report.line(f"stack, GET /v1/models, c=16: {name:<13} p50 {median(values['p50']):7.2f} ms  p99 "
+                    f"{median(values['p99']):7.2f} ms  {median(values['rps']):7.0f} req/s  {_cpu_text(cpu)}")
     for concurrency, per in results.items():
         direct = per["direct"]
         for name, values in per.items():
             added50 = median(a - d for a, d in zip(values["p50"], direct["p50"]))
             added99 = median(a - d for a, d in zip(values["p99"], direct["p99"]))
-            rps = median(values["rps"])
+            rps, cpu = median(values["rps"]), _cpu(values)
             summary[f"{name}@{concurrency}"] = {"p50_ms": median(values["p50"]), "p99_ms": median(values["p99"]),
                                                 "added_p50_ms": added50, "added_p99_ms": added99,
-                                                "rps": rps, "failures": sum(values["fail"])}
-            report.line(f"c={concurrency:<2} {name:<14} p50 {median(values['p50']):7.2f} ms  p99 "
-                        f"{median(values['p99']):7.2f} ms  added p50 {added50:+7.2f} ms  p99 {added99:+7.2f} ms  "
-                        f"{rps:7.0f} req/s  failures {sum(values['fail'])}")
-    report.data["results"] = summary
-    report.data["load_after"] = os.getloadavg()
+                                                "rps": rps, "cpu_us_per_request": cpu, "failures": sum(values["fail"])}
+            report.line(f"c={concurrency:<2} {name:<17} p50 {median(values['p50']):6.2f} ms  p99 "
+                        f"{median(values['p99']):6.2f} ms  added p50 {added50:+6.2f} ms  p99 {added99:+6.2f} ms  "
+                        f"{rps:6.0f} req/s  {_cpu_text(cpu)}  failures {sum(values['fail'])}")
+    return summary
+
+
+def ratios(report: Report, summary: dict[str, Any]) -> None:
     ours = summary["ours@16"]
     report.ratio("serve_added_p50_ms_c16", ours["added_p50_ms"], f"<= {TARGET_P50_MS}",
                  ours["added_p50_ms"] <= TARGET_P50_MS)
@@ -326,12 +394,34 @@ def run(report: Report, quick: bool = False, stack: bool = False) -> None:
     report.ratio("serve_gateway_hop_p50_ms_c16", ours["p50_ms"] - summary["router_in_process@16"]["p50_ms"],
                  "reported", None)
     report.ratio("serve_rps_per_worker_c16", ours["rps"], "reported", None)
+    report.ratio("serve_gateway_cpu_us_per_request_c16", ours["cpu_us_per_request"], "reported", None)
     if "ours_granian@16" in summary:
-        report.ratio("serve_granian_added_p50_ms_c16", summary["ours_granian@16"]["added_p50_ms"], "reported", None)
-        report.ratio("serve_granian_rps_c16", summary["ours_granian@16"]["rps"], "reported", None)
+        granian = summary["ours_granian@16"]
+        report.ratio("serve_granian_added_p50_ms_c16", granian["added_p50_ms"], "reported", None)
+        report.ratio("serve_granian_rps_c16", granian["rps"], "reported", None)
+        report.ratio("serve_granian_cpu_us_per_request_c16", granian["cpu_us_per_request"], "reported", None)
     if "litellm_proxy@16" in summary:
         theirs = summary["litellm_proxy@16"]
         share = ours["added_p99_ms"] / theirs["added_p99_ms"] if theirs["added_p99_ms"] > 0 else float("inf")
         report.ratio("serve_added_p99_share_of_litellm_proxy_c16", share, f"< {TARGET_SHARE_OF_LITELLM:.3f}",
                      share < TARGET_SHARE_OF_LITELLM)
         report.ratio("serve_litellm_proxy_rps_c16", theirs["rps"], "reported", None)
+        report.ratio("serve_litellm_proxy_cpu_us_per_request_c16", theirs["cpu_us_per_request"], "reported", None)
+
+
+def run(report: Report, quick: bool = False, stack: bool = False) -> dict[str, Any]:
+    rounds, sizes = (QUICK_ROUNDS, QUICK_BLOCK) if quick else (ROUNDS, BLOCK)
+    folder = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    with ChildServer([sys.executable, "-m", "bench.upstream", "--port", "0"], "python -m bench.upstream") as upstream:
+        contenders = start_contenders(report, folder, upstream, stack)
+        try:
+            report.line(f"contenders: {', '.join(c.name for c in contenders)}; {rounds} rounds; "
+                        f"blocks {sizes}; load average {os.getloadavg()[0]:.2f}")
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                results = runner.run(measure(contenders, rounds, sizes))
+        finally:
+            stop_all(contenders)
+    report.data["results"] = summarize(report, results)
+    report.data["load_after"] = os.getloadavg()
+    ratios(report, report.data["results"])
+    return report.finish()
