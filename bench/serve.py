@@ -39,25 +39,27 @@ The load-independent number, ``cpu_us_per_request``: the CPU time (utime + stime
 spent in a block over the block's requests, median over rounds; for every contender with
 a process of its own (``direct``: the upstream's). A clock tick (10 ms) over a block is
 67 µs a request at c=1 (150 requests), 21 µs at c=16 (480): the upstream's rounds to 0-20.
-Measured (2 shared cores, three full runs at load average 1.3-2.6): ``ours`` 990-1031 µs
-a request at c=16 (1167-1233 at c=1), LiteLLM's proxy 9073-9250 (9300-9833): ~9x ours.
-At c=16 one worker is CPU-bound: ~1 ms a request is at most ~1000 req/s (901-966
-measured), and with 16 callers each request waits for the others, so its latency is
-~16 / (req/s) (Little's law: 16-17 ms p50 here, the upstream's 1.2 ms); the c=16 latency
-targets cannot be met by one worker without a ~15x cheaper request: the CPU a request is
-the number to move. At c=1: added p50 +1.35-1.39 ms, p99 +2.8-3.1 ms. Direct: p50 0.09 ms,
-p99 0.2-0.25 ms at c=1; p50 1.2 ms, p99 1.6-1.9 ms at c=16 (17 and 188 ms before).
-``router_in_process`` at c=16 is bound the same way, by this process's one core (the
-router, the openai SDK and the client). With ``--stack`` (one full run): granian 1187 µs
-a request at c=16, uvicorn 1135; the stacks alone (GET /v1/models) 52-63 µs a request
-both, so what a chat completion costs is not the HTTP server but what is behind it.
+Measured (2 shared cores): with the openai SDK carrying the upstream call, ``ours`` spent
+990-1031 µs a request at c=16 (three runs), LiteLLM's proxy 9073-9250. The SDK's HTTP
+stack was half of that (cProfile); async plain calls now go over aiohttp
+(router/targets/async_post.py) and ``ours`` spends 375 µs a request at c=16 (633 at c=1),
+LiteLLM's proxy ~10 000: ~27x ours. At c=16 one worker is CPU-bound, and with 16 callers
+each request waits for the others, so its latency is ~16 / (req/s) (Little's law): 2552
+req/s, p50 6.1 ms against the upstream's 1.3 ms. The c=16 targets (added p50 <= 1 ms)
+would need ~7000 req/s from one worker, ~140 µs a request: less than the aiohttp client
+call and the HTTP server's parsing and writing alone, so not reachable in one CPython
+process; the CPU a request is the number to move. At c=1: added p50 +0.77 ms, p99 +1.1
+ms. Direct: p50 0.1 ms at c=1; 1.3 ms, p99 1.8 ms at c=16 (17 and 188 ms with the fault
+server and httpx before). ``router_in_process`` at c=16 is bound the same way, by this
+process's one core (the router and the client). With ``--stack`` (one run, before
+aiohttp): granian 1187 µs a request at c=16, uvicorn 1135; the stacks alone (GET
+/v1/models) 52-63 µs a request both.
 
-The router's target is ``openai/m``, so it reaches the upstream through the openai SDK
-directly (``transport: openai``, the default for such models; litellm is never imported
-in the gateway). Profiled (cProfile, 3200 requests at 16 concurrent), the gateway's CPU a
-request (~2.9 ms under the profiler) is half that SDK's HTTP stack (httpx2, httpcore2,
-h11, anyio, openai), ~7 % the router (walk, guards, limits, events), ~9 % uvicorn,
-Starlette, the gateway's own code and its Prometheus counter; the rest is asyncio and builtins.
+The router's target is ``openai/m``, so it reaches the upstream on the openai transport
+(litellm is never imported in the gateway). Profiled (cProfile, 3000 requests at 16
+concurrent, after aiohttp), the Python time a request splits about evenly between the
+router (walk, guards, answer types, events and metrics: ~0.3), the aiohttp call (~0.25)
+and uvicorn, Starlette and the gateway's own code (~0.25); the rest is asyncio.
 """
 
 from __future__ import annotations
