@@ -9,7 +9,8 @@ pays it, so the bytes go through aiohttp, which litellm already installs. The SD
 decides everything a caller can see (openai_transport.py):
 - the request: the URL is the SDK client's `base_url` plus `chat/completions`, the
   headers are the client's `default_headers` (user agent, organization, project) and its
-  key as `Authorization: Bearer`, plus the call's `extra_headers` and `extra_query`;
+  key as `Authorization: Bearer`, plus the call's `extra_headers` and `extra_query`,
+  through the proxy the environment names (HTTP(S)_PROXY, NO_PROXY) as on the SDK;
 - the failures: a status of 400 or more raises the SDK's own exception class, built from
   the status, body and headers as the SDK builds it; a timeout `APITimeoutError`, a
   connection that fails `APIConnectionError`, each `from` aiohttp's error;
@@ -80,7 +81,8 @@ class LoopSessions:
                 self._by_loop.pop(loop)[0].detach()  # its sockets went with the loop
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=KEEPALIVE_S,
                                          ssl=SHARED_HTTP.tls_context())
-        return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        # trust_env: HTTP(S)_PROXY, NO_PROXY and .netrc, as the SDK's httpx clients read them
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
 
     async def _close_at_shutdown(self, loop: asyncio.AbstractEventLoop, session: Any) -> AsyncIterator[None]:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import gc
+import json
 import logging
 import os
 import socket
@@ -81,6 +82,43 @@ def test_a_value_json_cannot_hold_fails_unsent_before_any_request(server):
     attempt = info.value.route.attempts[0]
     assert attempt.outcome == "unsent" and "set is not JSON serializable" in attempt.detail
     assert server.count("p") == 0 and router.status()["p"]["state"] == "closed"
+
+
+@pytest.fixture
+def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
+    """An HTTP proxy that answers every request itself (a canned chat completion) and
+    records each request line: a proxied request names the whole URL in it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    lines: list[bytes] = []
+    body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "p",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "via proxy"}}]}).encode()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                lines.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", lines
+    listener.close()
+
+
+def test_a_proxy_named_in_the_environment_carries_the_call_as_on_the_sdk(server, recording_proxy, monkeypatch):
+    proxy, lines = recording_proxy
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    server.script("p", faults.ok("direct"))
+    answer = asyncio.run(one_target(server.url).acomplete(HI))
+    assert answer.text == "via proxy" and server.count("p") == 0
+    assert lines == [f"POST {server.url}/chat/completions HTTP/1.1".encode()]
 
 
 @pytest.fixture
