@@ -96,16 +96,21 @@ class LoopSessions:
 SESSIONS = LoopSessions()
 
 
-async def post_json(url: str, body: Any, headers: Mapping[str, str], params: Mapping[str, Any] | None,
-                    timeout: float) -> Answered:
-    """POST `body` as JSON; the reply below 400, else the SDK's exception for it."""
+async def post_json(url: str, body: Any, headers: Mapping[str, str], timeout: float, *,
+                    extra_headers: Mapping[str, Any] | None = None, query: Mapping[str, Any] | None = None) -> Answered:
+    """POST `body` as JSON; the reply below 400, else the SDK's exception for it.
+    `extra_headers` and `query` as the SDK's options take them (a header set to None or
+    the SDK's `Omit` is left out; a query's booleans, None and lists as httpx writes them)."""
     import aiohttp
     import openai
 
     try:
         data = _encoded(body)
+        params = _query_pairs(query) if query else None
     except (TypeError, ValueError) as exc:  # nothing was sent: the caller's value, as on the SDK
         raise TargetFailure(Outcome.UNSENT, f"the request could not be sent: {exc}") from exc
+    if extra_headers:
+        headers = _with_headers(headers, extra_headers)
     session = await SESSIONS.for_running_loop()
     try:
         async with session.post(url, data=data, headers=headers, params=params,
@@ -166,6 +171,35 @@ def _sdk_value(value: Any) -> Any:
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(exclude_unset=True, mode="json", by_alias=True)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _with_headers(headers: Mapping[str, str], extra: Mapping[str, Any]) -> dict[str, str]:
+    replaced = {name.lower() for name in extra}
+    merged = {name: value for name, value in headers.items() if name.lower() not in replaced}
+    for name, value in extra.items():
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            merged[name] = str(value)
+        elif isinstance(value, bytes):
+            merged[name] = value.decode("latin-1")
+    return merged
+
+
+def _query_pairs(query: Mapping[str, Any]) -> list[tuple[str, str]]:
+    pairs = []
+    for name, value in query.items():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            pairs.append((name, _query_value(item)))
+    return pairs
+
+
+def _query_value(value: Any) -> str:
+    if value is True or value is False:
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(f"a query value must be a string, number, boolean or None, got {type(value).__name__}")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_sdk_value)

@@ -105,10 +105,9 @@ class OpenAITransport:
         url, headers = self._wire or self._learn_wire()
         request = self._request(messages, params, timeout)
         options = request["options"]
-        if "headers" in options:
-            headers = {**headers, **options["headers"]}
         try:
-            raw = await post_json(url, request["body"], headers, options.get("params"), timeout)
+            raw = await post_json(url, request["body"], headers, timeout, extra_headers=options.get("headers"),
+                                  query=options.get("params"))
             return _answer(json.loads(raw.content), raw.headers)
         except (_openai.APIError, json.JSONDecodeError) as exc:
             raise as_litellm_names(exc) from exc

@@ -87,7 +87,7 @@ def test_a_value_json_cannot_hold_fails_unsent_before_any_request(server):
 @pytest.fixture
 def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
     """An HTTP proxy that answers every request itself (a canned chat completion) and
-    records each request line: a proxied request names the whole URL in it."""
+    records each request's head: a proxied request names the whole URL in its first line."""
     listener = socket.create_server(("127.0.0.1", 0))
     lines: list[bytes] = []
     body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "p",
@@ -101,7 +101,7 @@ def recording_proxy() -> Iterator[tuple[str, list[bytes]]]:
             except OSError:
                 return
             with conn:
-                lines.append(conn.recv(65536).split(b"\r\n", 1)[0])
+                lines.append(conn.recv(65536).split(b"\r\n\r\n", 1)[0])
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
                              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
@@ -118,7 +118,23 @@ def test_a_proxy_named_in_the_environment_carries_the_call_as_on_the_sdk(server,
     server.script("p", faults.ok("direct"))
     answer = asyncio.run(one_target(server.url).acomplete(HI))
     assert answer.text == "via proxy" and server.count("p") == 0
-    assert lines == [f"POST {server.url}/chat/completions HTTP/1.1".encode()]
+    assert [head.split(b"\r\n")[0] for head in lines] == [f"POST {server.url}/chat/completions HTTP/1.1".encode()]
+
+
+def test_query_and_header_options_go_as_the_sdks_options_take_them(server, recording_proxy, monkeypatch):
+    """extra_query: booleans as true/false, lists as repeated keys; extra_headers: a header
+    set to None is left out (here the organization the environment gave)."""
+    proxy, lines = recording_proxy
+    monkeypatch.setenv("HTTP_PROXY", proxy)  # the proxy records what was sent
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_ORGANIZATION", "org-test")
+    router = one_target(server.url)
+    asyncio.run(router.acomplete(HI, extra_query={"api-version": "2", "flag": True, "tag": ["a", "b"]},
+                                 extra_headers={"OpenAI-Organization": None, "x-n": 3}))
+    head = lines[0].decode().lower().split("\r\n")
+    assert head[0] == f"post {server.url}/chat/completions?api-version=2&flag=true&tag=a&tag=b http/1.1".lower()
+    assert "x-n: 3" in head and not [line for line in head if line.startswith("openai-organization")]
 
 
 @pytest.fixture
