@@ -19,9 +19,10 @@ What litellm did on the way that a caller can see is kept:
 A sync plain call goes through the client's documented `post()` with the JSON as it is
 (see `_request`); an async one sends the same request over aiohttp (async_post.py: 133
 against 750 us of CPU a call, the SDK's exceptions kept); a stream goes through
-`create(stream=True)`, for the SDK's `Stream`, and asks for `stream_options.include_usage`. An undecodable SSE event ends the SDK's
-stream (its iterator is a generator that `json()`s each event and dies on the first
-error; it has no public hook to skip one), so it is a break, as on litellm.
+`create(stream=True)`, for the SDK's `Stream`, and asks for
+`stream_options.include_usage`. An undecodable SSE event ends the SDK's stream (its
+iterator is a generator that `json()`s each event and dies on the first error; it has no
+public hook to skip one), so it is a break, as on litellm.
 """
 
 from __future__ import annotations
