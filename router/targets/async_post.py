@@ -5,7 +5,8 @@ a call): `AsyncOpenAI.post()` 750 us (httpx2, httpcore2, h11 and anyio 460 us of
 the SDK's request and response handling the rest), the SDK on its own aiohttp transport
 (`openai[aiohttp]`) 580 us, aiohttp alone 133 us. In `router serve` the SDK's call was
 two thirds of the gateway's CPU a request (750 of 1140 us), and every plain async call
-pays it, so the bytes go through aiohttp, which litellm already installs. The SDK still
+pays it, so the bytes go through aiohttp, which litellm already installs (the gateway:
+375 us a request since, `python -m bench serve`). The SDK still
 decides everything a caller can see (openai_transport.py):
 - the request: the URL is the SDK client's `base_url` plus `chat/completions`, the
   headers are the client's `default_headers` (user agent, organization, project) and its
