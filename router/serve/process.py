@@ -5,10 +5,9 @@ with uvloop and httptools tells the app that a client hung up (ASGI `http.discon
 while the app still waits upstream, which is what cancels the upstream call; its graceful
 shutdown waits for in-flight requests up to a timeout and then cancels them, which is the
 SIGTERM drain; its supervisor runs `--workers` on one socket. granian does the hang-up
-too; on GET /v1/models at 16 concurrent (no upstream) the two measured 166 vs 332 and
-613 vs 588 req/s (uvicorn vs granian) in two runs on a loaded 2-core machine, no
-consistent winner, while litellm's ~3.5 ms a request dominates a real call. The app is
-plain ASGI, so a move is this module alone.
+too, and costs more here (`python -m bench serve --stack`, 16 concurrent): 490 against
+354 us of CPU a chat completion, 83 against 52 us a GET /v1/models. The app is plain
+ASGI, so a move is this module alone.
 
 - No keys in `server.keys`: the gateway would let anyone in, so it binds only to a
   loopback address and refuses any other `--host` (exit 2).
