@@ -31,9 +31,9 @@ import json
 import threading
 import urllib.parse
 import urllib.request
-from datetime import datetime
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..outcomes import Outcome, TargetFailure
@@ -41,6 +41,7 @@ from .sdk_clients import SHARED_HTTP
 
 KEEPALIVE_S = 5.0  # as the SDK's pool: an idle connection is closed after this long
 MAX_CONNECTIONS = 1000  # as the SDK's DEFAULT_CONNECTION_LIMITS
+_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,6 @@ class LoopSession:
                 proxy = None
             self._by_url[url] = proxy
         return proxy  # type: ignore[return-value]
-
-
-_UNKNOWN = object()
 
 
 class LoopSessions:
