@@ -41,14 +41,12 @@ from .sdk_clients import SHARED_HTTP
 
 KEEPALIVE_S = 5.0  # as the SDK's pool: an idle connection is closed after this long
 MAX_CONNECTIONS = 1000  # as the SDK's DEFAULT_CONNECTION_LIMITS
-_UNKNOWN = object()
 
 
 @dataclass(frozen=True)
 class Answered:
     """A reply with a status below 400: its headers and body, unread as JSON."""
 
-    status: int
     headers: Mapping[str, str]
     content: bytes
 
@@ -65,14 +63,12 @@ class LoopSession:
         self._by_url: dict[str, str | None] = {}
 
     def proxy_for(self, url: str) -> str | None:
-        proxy = self._by_url.get(url, _UNKNOWN)
-        if proxy is _UNKNOWN:
+        if url not in self._by_url:
             parts = urllib.parse.urlsplit(url)
             proxy = self._proxies.get(parts.scheme) or self._proxies.get("all")
-            if proxy is not None and urllib.request.proxy_bypass(parts.hostname or ""):
-                proxy = None
-            self._by_url[url] = proxy
-        return proxy  # type: ignore[return-value]
+            bypassed = proxy is not None and urllib.request.proxy_bypass(parts.hostname or "")
+            self._by_url[url] = None if bypassed else proxy
+        return self._by_url[url]
 
 
 class LoopSessions:
@@ -149,7 +145,7 @@ async def post_json(url: str, body: Any, headers: Mapping[str, str], timeout: fl
         raise openai.APIConnectionError(request=_sdk_request(url, headers)) from exc
     if status >= 400:
         raise status_error(status, reply_headers, content, _sdk_request(url, headers))
-    return Answered(status, reply_headers, content)
+    return Answered(reply_headers, content)
 
 
 def status_error(status: int, headers: Mapping[str, str], content: bytes, request: Any) -> Exception:
@@ -160,24 +156,19 @@ def status_error(status: int, headers: Mapping[str, str], content: bytes, reques
 
     response = httpx2.Response(status, headers=list(headers.items()), content=content, request=request)
     text = content.decode("utf-8", "replace").strip()
-    body: Any = text
-    message = f"Error code: {status}"
     try:
-        body = json.loads(text)
+        body: Any = json.loads(text)
     except ValueError:
-        pass
-    else:
-        error = body.get("error", body) if isinstance(body, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
-            message += f" - {error['message']}"
-    data = body.get("error", body) if isinstance(body, dict) else body
-    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    if isinstance(cls, str):
-        cls = getattr(openai, cls)
-    return cls(message, response=response, body=data)
+        body = text
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = f"Error code: {status}"
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        message += f" - {error['message']}"
+    name = _STATUS_ERRORS.get(status) or ("InternalServerError" if status >= 500 else "APIStatusError")
+    return getattr(openai, name)(message, response=response, body=error)
 
 
-_STATUS_ERRORS: dict[int, Any] = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
+_STATUS_ERRORS: dict[int, str] = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
                                   404: "NotFoundError", 409: "ConflictError", 422: "UnprocessableEntityError",
                                   429: "RateLimitError"}
 

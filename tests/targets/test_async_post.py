@@ -9,7 +9,6 @@ import datetime
 import gc
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -25,6 +24,7 @@ from router.targets.async_post import SESSIONS
 from router.testing import faults
 
 from ..conftest import TEST_KEY
+from ..test_time_and_resources import open_fds, settle
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -38,10 +38,6 @@ def one_target(url: str, **target: Any) -> Router:
 # aiohttp's warnings for a session, connector or connection let go of unclosed (the SDK's
 # and litellm's own async clients leave sockets to the garbage collector: not counted)
 AIOHTTP_LEFT_OPEN = ("Unclosed client session", "Unclosed connector", "Unclosed connection")
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_the_request_carries_the_sdk_clients_headers_the_key_and_the_callers_extras(server, monkeypatch):
@@ -192,10 +188,8 @@ def test_each_event_loop_gets_a_session_that_closes_with_it(server, caplog):
         for _ in range(20):
             assert asyncio.run(router.acomplete(HI)).text == "a"
         gc.collect()
-    settled = time.monotonic() + 3.0  # the fault server's threads close their ends a moment later
-    while open_fds() > fds + 1 and time.monotonic() < settled:
-        time.sleep(0.05)
-    assert open_fds() <= fds + 1, "a session per loop left its connection open"
+    # the fault server's threads close their ends a moment after the client
+    assert settle(lambda: open_fds() <= fds + 1, within=3.0), "a session per loop left its connection open"
     assert not [str(w.message) for w in caught if str(w.message).startswith(AIOHTTP_LEFT_OPEN)]
     assert "Unclosed client session" not in caplog.text
     assert not [loop for loop in SESSIONS.loops() if loop.is_closed()]
